@@ -1,0 +1,1 @@
+"""Meta-learning algorithms on torch.func; no Flower, no devices."""

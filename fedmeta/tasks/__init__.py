@@ -1,0 +1,1 @@
+"""Task distributions and their partitions across devices."""
