@@ -1,0 +1,34 @@
+"""ANIL: Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
+
+MAML with the inner loop restricted to the head: the body's features of the support set
+are computed once, only the head adapts, and the outer (second-order) gradient still
+reaches the body through those features.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.func import functional_call, grad
+
+from .base import Params, task_loss
+from .maml import MAML
+
+
+def _sub(params: Params, prefix: str) -> Params:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+class ANIL(MAML):
+    """Second-order MAML adapting only ``model.head``."""
+
+    name = "anil"
+
+    def adapt(self, params: Params, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Params:
+        features = functional_call(self.model.body, _sub(params, "body."), (support_x,))
+        head = _sub(params, "head.")
+        for _ in range(self.inner_steps if steps is None else steps):
+            g = grad(lambda h: task_loss(functional_call(self.model.head, h, (features,)),
+                                         support_y))(head)
+            head = {k: head[k] - self.inner_lr * g[k] for k in head}
+        return params | {"head." + k: v for k, v in head.items()}

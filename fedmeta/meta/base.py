@@ -1,0 +1,121 @@
+"""What every meta-learner offers: adapt on a support set, a meta-update, and evaluation.
+
+Parameters travel as dicts ``name -> Tensor`` and the model is only a template for
+``torch.func.functional_call``, so a learner never mutates a module and every step is a pure
+function of its inputs (Finn et al. 2017; the torch.func MAML example).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from ..errors import ConfigError
+from ..tasks.episode import EpisodeBatch
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class MetaUpdate:
+    """A direction to descend, keyed like the meta-parameters, and its batch's metrics.
+
+    For gradient-based learners ``direction`` is the meta-gradient; for Reptile it is
+    ``theta - mean(phi)``, so one optimizer step serves every algorithm.
+    """
+
+    direction: Params
+    metrics: dict[str, float]
+
+
+def task_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for integer labels, mean squared error for real targets."""
+    if target.dtype == torch.int64:
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output, target)
+
+
+def task_accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Fraction of correct arg-max predictions (NaN for regression)."""
+    if target.dtype == torch.int64:
+        return (output.argmax(-1) == target).to(output.dtype).mean()
+    return torch.full((), math.nan, dtype=output.dtype)
+
+
+def check_positive(field: str, value: float | int, integer: bool = False) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a positive number (an int if ``integer``)."""
+    kind = "a positive integer" if integer else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not isinstance(value, int)) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(field, value, kind)
+
+
+class MetaLearner(ABC):
+    """A meta-learning algorithm over a model template.
+
+    ``inner_lr`` and ``inner_steps`` define the adaptation on a support set; ``eval_steps``
+    (default ``inner_steps``) is how many steps evaluation adapts for.
+    """
+
+    name: str = ""
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
+                 eval_steps: int | None = None) -> None:
+        check_positive("inner_lr", inner_lr)
+        check_positive("inner_steps", inner_steps, integer=True)
+        if eval_steps is not None:
+            check_positive("eval_steps", eval_steps, integer=True)
+        self.model = model.train()
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
+
+    # -- what a learner defines -------------------------------------------------------------
+    def init_params(self) -> Params:
+        """Fresh meta-parameters: a detached copy of the template's parameters."""
+        return {k: v.detach().clone() for k, v in self.model.named_parameters()}
+
+    def predict(self, params: Params, x: Tensor) -> Tensor:
+        """The model's output on ``x`` with parameters ``params``."""
+        return functional_call(self.model, params, (x,))
+
+    def adapt(self, params: Params, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Params:
+        """Fast weights after ``steps`` SGD steps (``inner_lr``) on the support set."""
+        fast = params
+        for _ in range(self.inner_steps if steps is None else steps):
+            g = grad(lambda p: task_loss(self.predict(p, support_x), support_y))(fast)
+            fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
+        return fast
+
+    @abstractmethod
+    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        """The direction in which to move ``params`` to improve adaptation on ``batch``."""
+
+    # -- evaluation, the same for every learner ---------------------------------------------
+    def _scores(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        before = self.predict(params, qx)
+        after = self.predict(self.adapt(params, sx, sy, steps), qx)
+        return (task_loss(before, qy), task_accuracy(before, qy),
+                task_loss(after, qy), task_accuracy(after, qy))
+
+    def evaluate(self, params: Params, batch: EpisodeBatch,
+                 steps: int | None = None) -> dict[str, Tensor]:
+        """Per-episode query loss and accuracy before and after adapting on the support set.
+
+        Returns tensors of shape ``(len(batch),)`` under ``pre_loss``, ``pre_acc``,
+        ``post_loss`` and ``post_acc`` (accuracies are NaN for regression).
+        """
+        steps = self.eval_steps if steps is None else steps
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in params.items()}
+            out = vmap(lambda *a: self._scores(*a, steps), in_dims=(None, 0, 0, 0, 0))(
+                detached, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        return dict(zip(("pre_loss", "pre_acc", "post_loss", "post_acc"), out))

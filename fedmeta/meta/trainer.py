@@ -1,0 +1,65 @@
+"""Central meta-training: sample a meta-batch, take the learner's meta-update, step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..tasks.episode import TaskSource, sample_batch, stack_episodes
+from .base import MetaLearner, MetaUpdate, Params, check_positive
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """The outer optimizer ``name`` (``adam`` or ``sgd``) over ``params``."""
+    check_positive("meta_lr", lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ConfigError("meta_optimizer", name, f"one of {list(OPTIMIZERS)}")
+
+
+class MetaTrainer:
+    """Meta-trains ``learner``'s parameters with an outer optimizer (Adam or SGD)."""
+
+    def __init__(self, learner: MetaLearner, meta_lr: float = 1e-3,
+                 optimizer: str = "adam") -> None:
+        self.learner = learner
+        self.params = learner.init_params()
+        self.optimizer = make_optimizer(optimizer, list(self.params.values()), meta_lr)
+
+    def step(self, update: MetaUpdate) -> None:
+        """Apply one meta-update's direction with the outer optimizer."""
+        for k, p in self.params.items():
+            p.grad = update.direction[k].detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(self, source: TaskSource, iterations: int, meta_batch: int, seed: int = 0,
+              progress: bool = True,
+              callback: Callable[[int, dict[str, float]], None] | None = None) -> Params:
+        """Run ``iterations`` meta-updates of ``meta_batch`` episodes each; return the params.
+
+        Episodes are drawn from ``np.random.default_rng(seed)``, so the same seed (and the
+        same initial model) gives the same parameters. ``callback(iteration, metrics)`` is
+        called after every step.
+        """
+        check_positive("iterations", iterations, integer=True)
+        check_positive("meta_batch", meta_batch, integer=True)
+        rng = np.random.default_rng(seed)
+        bar = tqdm(range(iterations), desc=f"meta-train {self.learner.name}",
+                   disable=not progress, dynamic_ncols=True)
+        for it in bar:
+            batch = stack_episodes(sample_batch(source, rng, meta_batch))
+            update = self.learner.meta_update(self.params, batch)
+            self.step(update)
+            bar.set_postfix(update.metrics, refresh=False)
+            if callback is not None:
+                callback(it, update.metrics)
+        return self.params
