@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .episode_norm import EpisodeBatchNorm2d
+
 
 def _block(in_channels: int, channels: int) -> nn.Sequential:
-    # track_running_stats=False: batch-norm always normalises with the statistics of the
-    # batch it sees, i.e. of the episode's support or query set, as MAML does.
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(channels, track_running_stats=False),
+        EpisodeBatchNorm2d(channels),
         nn.ReLU(),
         nn.MaxPool2d(2),
     )
