@@ -19,6 +19,7 @@ from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
 
 TASK_KINDS = ("sinusoid", "omniglot")
+PARTITIONS = ("drawer", "alphabet", "dirichlet")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class TaskConfig:
     data_dir: str = ""
     rotations: bool = False
     test_alphabets: int = 2
+    device_width: float = 0.3
+    partition: str = "drawer"
+    dirichlet_alpha: float = 0.5
 
 
 @dataclass
@@ -122,7 +126,8 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 def _check(cfg: Config) -> None:
     """Cross-field and range checks; the first failure raises ``ConfigError``."""
     t, m, tr = cfg.task, cfg.meta, cfg.train
-    choices = {"task.kind": (t.kind, TASK_KINDS), "meta.algorithm": (m.algorithm, ALGORITHMS),
+    choices = {"task.kind": (t.kind, TASK_KINDS), "task.partition": (t.partition, PARTITIONS),
+               "meta.algorithm": (m.algorithm, ALGORITHMS),
                "train.meta_optimizer": (tr.meta_optimizer, OPTIMIZERS)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -134,7 +139,10 @@ def _check(cfg: Config) -> None:
     for name, value in positive_ints.items():
         if value < 1:
             raise ConfigError(name, value, "an integer >= 1")
-    for name, value in {"meta.inner_lr": m.inner_lr, "train.meta_lr": tr.meta_lr}.items():
+    if not 0.0 < t.device_width <= 1.0:
+        raise ConfigError("task.device_width", t.device_width, "a number in (0, 1]")
+    for name, value in {"meta.inner_lr": m.inner_lr, "train.meta_lr": tr.meta_lr,
+                        "task.dirichlet_alpha": t.dirichlet_alpha}.items():
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(name, value, "a finite number > 0")
     if t.kind == "omniglot" and t.n_way < 2:
