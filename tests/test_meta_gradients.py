@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmeta.meta import ANIL, MAML, FirstOrderMAML, MetaSGD, ProtoNet, Reptile
+from fedmeta.meta import (ANIL, MAML, FirstOrderMAML, JointTraining, MetaSGD, PerFedAvgFO,
+                          PerFedAvgHF, ProtoNet, Reptile)
 from fedmeta.models import MLP, Conv4
 from fedmeta.tasks.episode import Episode, stack_episodes
 
@@ -240,3 +241,48 @@ def test_protonet_scores_by_distance_to_support_means() -> None:
     protos = torch.stack([emb_s[sy == c].mean(0) for c in range(3)])
     expected = -((emb_q[:, None, :] - protos[None]) ** 2).sum(-1)
     torch.testing.assert_close(logits, expected)
+
+
+def test_joint_training_is_the_pooled_loss_gradient_by_hand() -> None:
+    model, lr, batch, (w, b, *_rest) = _scalar_case()
+    learner = JointTraining(model, inner_lr=lr)
+    d = learner.meta_update(learner.init_params(), batch).direction
+    xs, ys = batch.support_x[0, 0, 0].item(), batch.support_y[0, 0, 0].item()
+    xq, yq = batch.query_x[0, 0, 0].item(), batch.query_y[0, 0, 0].item()
+    rs, rq = w * xs + b - ys, w * xq + b - yq  # mean of two squared errors
+    assert d["head.weight"].item() == pytest.approx(rs * xs + rq * xq, rel=1e-12)
+    assert d["head.bias"].item() == pytest.approx(rs + rq, rel=1e-12)
+
+
+def test_perfedavg_fo_equals_fomaml_with_one_step() -> None:
+    torch.manual_seed(0)
+    model = MLP(1, (8,), 1).double()
+    batch = _regression_batch()
+    fo = PerFedAvgFO(model, inner_lr=0.05, inner_steps=1)
+    params = fo.init_params()
+    ref = FirstOrderMAML(model, inner_lr=0.05, inner_steps=1).meta_update(params, batch)
+    _assert_close(fo.meta_update(params, batch).direction, ref.direction, 1e-12)
+
+
+def test_perfedavg_hf_approximates_the_exact_hessian_vector_product() -> None:
+    torch.manual_seed(0)
+    model = MLP(1, (8,), 1).double()
+    batch = _regression_batch(n_tasks=1)
+    hf = PerFedAvgHF(model, inner_lr=0.05, inner_steps=1)
+    params = hf.init_params()
+    ours = hf.meta_update(params, batch).direction
+    # exact: (I - a H_S(theta)) v with v the FO direction, H by double backward
+    v = PerFedAvgFO(model, inner_lr=0.05).meta_update(params, batch).direction
+    theta = {k: p.clone().requires_grad_(True) for k, p in params.items()}
+    loss = F.mse_loss(_mlp_forward_1(theta, batch.support_x[0]), batch.support_y[0])
+    g = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+    hv = torch.autograd.grad(sum((gi * v[k]).sum() for gi, k in zip(g, theta)),
+                             list(theta.values()))
+    exact = {k: v[k] - 0.05 * h for k, h in zip(theta, hv)}
+    _assert_close(ours, exact, 1e-6)
+    assert not torch.allclose(exact["head.weight"], v["head.weight"])
+
+
+def _mlp_forward_1(p: dict, x: torch.Tensor) -> torch.Tensor:
+    h = torch.relu(x @ p["body.0.weight"].T + p["body.0.bias"])
+    return h @ p["head.weight"].T + p["head.bias"]

@@ -18,14 +18,17 @@ from ..errors import ConfigError
 from .anil import ANIL
 from .base import MetaLearner, MetaUpdate, Params
 from .fomaml import FirstOrderMAML
+from .joint import JointTraining
 from .maml import MAML
 from .metasgd import MetaSGD
+from .perfedavg import PerFedAvgFO, PerFedAvgHF
 from .protonet import ProtoNet
 from .reptile import Reptile
 from .trainer import MetaTrainer
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {
-    cls.name: cls for cls in (MAML, FirstOrderMAML, Reptile, MetaSGD, ANIL, ProtoNet)
+    cls.name: cls for cls in (MAML, FirstOrderMAML, Reptile, MetaSGD, ANIL, ProtoNet,
+                              JointTraining, PerFedAvgFO, PerFedAvgHF)
 }
 
 
@@ -36,5 +39,6 @@ def build_learner(name: str, model: nn.Module, **kwargs: object) -> MetaLearner:
     return ALGORITHMS[name](model, **kwargs)
 
 
-__all__ = ["ALGORITHMS", "ANIL", "FirstOrderMAML", "MAML", "MetaLearner", "MetaSGD",
-           "MetaTrainer", "MetaUpdate", "Params", "ProtoNet", "Reptile", "build_learner"]
+__all__ = ["ALGORITHMS", "ANIL", "FirstOrderMAML", "JointTraining", "MAML", "MetaLearner",
+           "MetaSGD", "MetaTrainer", "MetaUpdate", "Params", "PerFedAvgFO", "PerFedAvgHF",
+           "ProtoNet", "Reptile", "build_learner"]

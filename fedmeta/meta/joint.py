@@ -1,0 +1,37 @@
+"""Joint training: the plain-learning baseline that federated averaging (FedAvg) runs.
+
+No inner loop in training: the update is the gradient of the loss on each episode's pooled
+support and query sets at ``theta``. Evaluation may still fine-tune on a support set
+(``fedavg-ft``) or not (``fedavg``, ``eval_steps`` of 0 in the federated layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from ..tasks.episode import EpisodeBatch
+from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
+from .maml import _metrics
+
+
+class JointTraining(MetaLearner):
+    """Gradient of the pooled task loss at the current parameters."""
+
+    name = "joint"
+
+    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        def loss(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+            out = self.predict(p, torch.cat([sx, qx]))
+            y = torch.cat([sy, qy])
+            value = task_loss(out, y)
+            return value, (value.detach(), task_accuracy(out, y).detach())
+
+        def batch_loss(p: Params):
+            losses, aux = vmap(loss, in_dims=(None, 0, 0, 0, 0))(
+                p, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            return losses.mean(), aux
+
+        direction, (losses, accs) = grad(batch_loss, has_aux=True)(params)
+        return MetaUpdate(direction, _metrics(losses, accs))
