@@ -1,0 +1,57 @@
+"""Scoring a meta-model on given episodes of any shapes, one episode at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import DataError
+from .meta import MetaLearner, Params, ProtoNet
+from .meta.base import check_positive
+from .meta.evaluation import METRICS
+from .tasks.episode import Episode, stack_episodes
+
+PROGRESS_FROM = 50  # episodes; fewer are scored without a progress bar
+
+
+def head_classes(learner: MetaLearner) -> int | None:
+    """How many classes the learner's model tells apart; ``None`` if any number (ProtoNet)."""
+    if isinstance(learner, ProtoNet):
+        return None
+    head = learner.model.head
+    return head.out_features if isinstance(head, nn.Linear) else None
+
+
+def check_class_counts(learner: MetaLearner, episodes: Mapping[str, Episode]) -> None:
+    """Raise ``DataError`` for the first episode whose class count the model cannot score."""
+    classes = head_classes(learner)
+    for name, episode in episodes.items():
+        if classes is not None and episode.n_way != classes:
+            raise DataError(
+                f"episode {name}: has {episode.n_way} classes but the checkpoint's "
+                f"{learner.name} model classifies {classes}; it can only score {classes}-way "
+                f"episodes (a protonet checkpoint scores any number)")
+
+
+def score_episodes(learner: MetaLearner, params: Params, episodes: Mapping[str, Episode],
+                   steps: int | None = None) -> dict[str, np.ndarray]:
+    """Per-episode ``pre_loss``, ``pre_acc``, ``post_loss`` and ``post_acc`` (float64 arrays).
+
+    Each episode is adapted on its support set for ``steps`` steps (default: the learner's
+    ``eval_steps``) and scored on its query set by ``learner.evaluate``; episodes are scored
+    one by one because they may differ in shape. Checks class counts first.
+    """
+    if steps is not None:
+        check_positive("steps", steps, integer=True)
+    check_class_counts(learner, episodes)
+    rows: dict[str, list[torch.Tensor]] = {m: [] for m in METRICS}
+    for episode in tqdm(episodes.values(), desc="episodes", unit="episode",
+                        disable=True if len(episodes) < PROGRESS_FROM else None):
+        scores = learner.evaluate(params, stack_episodes([episode]), steps)
+        for m in METRICS:
+            rows[m].append(scores[m])
+    return {m: torch.cat(rows[m]).double().numpy() for m in METRICS}
