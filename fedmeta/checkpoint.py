@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,15 @@ class Checkpoint:
         """Read a checkpoint written by ``save``; anything else is a ``DataError``."""
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"checkpoint {path}: no such file")
+            what = "a folder, not a checkpoint file" if path.is_dir() else "no such file"
+            raise DataError(f"checkpoint {path}: {what}")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns before failing on foreign files
+                payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds for a file that is not its own
-            raise DataError(f"checkpoint {path}: not a readable checkpoint ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"checkpoint {path}: not a readable checkpoint ({first})") from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise DataError(f"checkpoint {path}: not a fedmeta checkpoint (expected format "
                             f"{FORMAT!r})")

@@ -153,8 +153,6 @@ def test_a_file_that_is_no_checkpoint_exits_2_naming_it(tmp_path, capsys):
     assert "00.png: not a readable checkpoint" in err
 
 
-@pytest.mark.xfail(strict=True, reason="Checkpoint.load puts torch's multi-line "
-                                       "weights_only message into its DataError")
 def test_a_file_that_is_no_checkpoint_gets_a_one_line_message(tmp_path, capsys):
     make_generic(tmp_path / "eps", episodes=1)
     _one_line_error(*evaluate(capsys, "--checkpoint", tmp_path / "eps/ep00/query/a/00.png",

@@ -27,5 +27,7 @@ def decode(data: bytes, name: str, size: int = IMAGE_SIZE) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return to_array(image, size)
-    except (UnidentifiedImageError, OSError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{name}: not a readable image (unknown or corrupt format)") from exc
+    except OSError as exc:  # truncated or damaged image data
         raise DataError(f"{name}: not a readable image ({exc})") from exc
