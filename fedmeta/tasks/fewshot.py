@@ -1,0 +1,71 @@
+"""N-way K-shot classification episodes drawn from labelled image arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .episode import Episode
+
+
+class FewShotTaskSource:
+    """Episodes of ``n_way`` classes with ``k_shot`` support and ``q_query`` query images each.
+
+    Every episode draws ``n_way`` distinct classes among those with at least
+    ``k_shot + q_query`` images, then that many distinct images of each (no replacement),
+    and labels the classes 0..n_way-1 in random order. With ``rotations`` each (class,
+    rotation by k x 90 degrees, k in 0..3) is a class of its own, as in MAML's Omniglot.
+    ``images`` is ``(n, H, W)``; episodes hold ``(n, 1, H, W)`` float32 and int64 labels.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int,
+                 q_query: int, rotations: bool = False) -> None:
+        for field, value in (("n_way", n_way), ("k_shot", k_shot), ("q_query", q_query)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(field, value, "an integer >= 1")
+        images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+        if images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise DataError(f"few-shot data: images {images.shape} and labels {labels.shape} "
+                            f"must be (n, H, W) and (n,)")
+        if rotations and images.shape[1] != images.shape[2]:
+            raise DataError(f"few-shot data: rotations need square images, not "
+                            f"{images.shape[1]}x{images.shape[2]}")
+        self.images, self.rotations = images, rotations
+        self.n_way, self.k_shot, self.q_query = int(n_way), int(k_shot), int(q_query)
+        _, counts = np.unique(labels, return_counts=True)
+        per_class = k_shot + q_query
+        usable = int(np.sum(counts >= per_class))
+        variants = 4 if rotations else 1
+        if usable * variants < n_way:
+            sizes = f", {counts.min()} to {counts.max()} images each" if len(counts) else ""
+            rotated = f" (x4 with rotations: {usable * 4})" if rotations else ""
+            raise DataError(
+                f"cannot form {n_way}-way {k_shot}-shot episodes with {q_query} queries: they "
+                f"need {n_way} classes with at least k_shot + q_query = {per_class} distinct "
+                f"images each, but only {usable} of the {len(counts)} classes here "
+                f"have that many{rotated} ({len(labels)} images{sizes})")
+        rows = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
+        self._index = [r for r, n in zip(rows, counts) if n >= per_class]  # per usable class
+        self.num_classes = usable * variants
+
+    def sample(self, rng: np.random.Generator) -> Episode:
+        """One episode, determined by ``rng``."""
+        variants = 4 if self.rotations else 1
+        chosen = rng.choice(self.num_classes, self.n_way, replace=False)
+        per_class = self.k_shot + self.q_query
+        picks = []
+        for c in chosen:
+            rows = self._index[c // variants]
+            block = self.images[rows[rng.choice(len(rows), per_class, replace=False)]]
+            picks.append(np.rot90(block, c % variants, axes=(1, 2)))
+        x = np.stack(picks)[:, :, None]  # (n_way, k + q, 1, H, W), contiguous
+        labels = rng.permutation(self.n_way)
+        shape = (-1, *x.shape[2:])
+        return Episode(
+            torch.from_numpy(x[:, :self.k_shot].reshape(shape)),
+            torch.from_numpy(np.repeat(labels, self.k_shot)),
+            torch.from_numpy(x[:, self.k_shot:].reshape(shape)),
+            torch.from_numpy(np.repeat(labels, self.q_query)),
+            self.n_way,
+        )

@@ -1,0 +1,97 @@
+"""Omniglot split across devices: every device gets its own private images and task source.
+
+Each partition is a list of sorted index arrays into the data, one per device, disjoint and
+together covering every image.
+
+An Omniglot character has one image per drawer, so a device holds at most as many images of
+a character as it holds drawers of it: a ``k_shot``-shot episode with ``q_query`` queries
+needs devices with ``k_shot + q_query`` drawers' images of at least ``n_way`` characters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .fewshot import FewShotTaskSource
+from .omniglot import OmniglotData
+
+
+def _by_group(groups: np.ndarray, assigned: Sequence[Sequence[object]]) -> list[np.ndarray]:
+    """Index arrays of the rows whose group is among each device's assigned groups."""
+    return [np.flatnonzero(np.isin(groups, list(own))) for own in assigned]
+
+
+def _check_devices(num_devices: object, most: int, what: str) -> None:
+    if isinstance(num_devices, bool) or not isinstance(num_devices, Integral) \
+            or not 1 <= num_devices <= most:
+        raise ConfigError("num_devices", num_devices, f"an integer from 1 to {most} ({what})")
+
+
+def by_drawer(data: OmniglotData, num_devices: int) -> list[np.ndarray]:
+    """Drawers split into ``num_devices`` contiguous runs (1-4, 5-8, ... for 5 devices).
+
+    A device then has one image of each character per drawer it owns: with 20 drawers and
+    ``num_devices`` devices that is about ``20 / num_devices`` images per character, which
+    must reach ``k_shot + q_query`` for its episodes to be formed.
+    """
+    drawers = np.unique(data.drawer)
+    _check_devices(num_devices, len(drawers), f"at least one of the {len(drawers)} drawers "
+                                              f"per device")
+    return _by_group(data.drawer, np.array_split(drawers, num_devices))
+
+
+def by_alphabet(data: OmniglotData, num_devices: int) -> list[np.ndarray]:
+    """Whole alphabets per device, balancing image counts: largest alphabet first, each to
+    the device with the fewest images so far (ties: lowest device)."""
+    alphabets, counts = np.unique(data.alphabet, return_counts=True)
+    _check_devices(num_devices, len(alphabets), f"at least one of the {len(alphabets)} "
+                                                f"alphabets per device")
+    owned: list[list[str]] = [[] for _ in range(num_devices)]
+    load = np.zeros(num_devices, dtype=np.int64)
+    for i in np.argsort(-counts, kind="stable"):
+        device = int(np.argmin(load))
+        owned[device].append(str(alphabets[i]))
+        load[device] += counts[i]
+    return _by_group(data.alphabet, owned)
+
+
+def dirichlet(data: OmniglotData, num_devices: int, alpha: float, seed: int = 0
+              ) -> list[np.ndarray]:
+    """Label skew: each character's images split across devices in proportions drawn from
+    Dirichlet(``alpha``, ..., ``alpha``). Small ``alpha`` gives each character to few devices,
+    large ``alpha`` spreads it evenly; a device may get few or no images."""
+    _check_devices(num_devices, len(data), "no more devices than images")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < math.inf:
+        raise ConfigError("alpha", alpha, "a finite number > 0")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_devices)]
+    _, counts = np.unique(data.character, return_counts=True)
+    for rows in np.split(np.argsort(data.character, kind="stable"), np.cumsum(counts)[:-1]):
+        rows = rng.permutation(rows)
+        shares = rng.dirichlet(np.full(num_devices, float(alpha)))
+        cuts = np.round(np.cumsum(shares)[:-1] * len(rows)).astype(np.int64)
+        for device, chunk in enumerate(np.split(rows, cuts)):
+            parts[device].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def device_task_sources(data: OmniglotData, parts: Sequence[np.ndarray], n_way: int,
+                        k_shot: int, q_query: int, rotations: bool = False
+                        ) -> list[FewShotTaskSource]:
+    """One few-shot task source per device over its own images, classes = characters."""
+    sources = []
+    for device, rows in enumerate(parts):
+        try:
+            sources.append(FewShotTaskSource(data.images[rows], data.character[rows], n_way,
+                                             k_shot, q_query, rotations))
+        except DataError as exc:
+            raise DataError(f"device {device} of {len(parts)}: {exc}. A device has one image "
+                            f"of a character per drawer it holds, so it needs "
+                            f"{k_shot + q_query} drawers' images of {n_way} characters") \
+                from exc
+    return sources
