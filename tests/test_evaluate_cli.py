@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,12 +19,6 @@ from fedmeta.models import MLP
 from fedmeta.tasks.episode import stack_episodes
 
 FEDMETA = Path(sys.executable).with_name("fedmeta")
-
-
-@pytest.fixture(autouse=True)
-def only_evaluate(monkeypatch):
-    """Register only ``evaluate``, so these tests do not depend on the other subcommands."""
-    monkeypatch.setattr(fedmeta.cli, "SUBCOMMANDS", ("evaluate",))
 
 
 def evaluate(capsys, *args: object) -> tuple[int, dict | str]:
@@ -175,9 +168,6 @@ def test_zero_steps_exit_2(tmp_path, capsys):
                               tmp_path / "eps", "--steps", 0), "steps=0")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fedmeta.cli.train") is None
-                    or importlib.util.find_spec("fedmeta.cli.data") is None,
-                    reason="the console script needs every subcommand module")
 def test_console_script_prints_one_json_object(tmp_path):
     make_runs(tmp_path / "runs", runs=2, ways=5)
     checkpoint = save_checkpoint(tmp_path / "m.pt", "protonet")

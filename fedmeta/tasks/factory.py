@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .episode import TaskSource
+from .fewshot import FewShotTaskSource
+from .omniglot import OmniglotData, load_omniglot, split_by_alphabet
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
 
@@ -33,7 +35,21 @@ def build_tasks(task: Any, seed: int = 0) -> Tasks:
         info = {"kind": "sinusoid", "k_shot": task.k_shot, "q_query": task.q_query,
                 "amplitude": list(task.amplitude), "phase": list(task.phase)}
         return Tasks(source, source, "mlp", {}, info)
-    raise NotImplementedError(task.kind)
+    train, test = _omniglot_split(task, seed)
+    info = {"kind": "omniglot", "n_way": task.n_way, "k_shot": task.k_shot,
+            "q_query": task.q_query, "rotations": task.rotations,
+            "train_alphabets": train.alphabets, "test_alphabets": test.alphabets}
+    return Tasks(FewShotTaskSource(train.images, train.character, task.n_way, task.k_shot,
+                                   task.q_query, task.rotations),
+                 FewShotTaskSource(test.images, test.character, task.n_way, task.k_shot,
+                                   task.q_query),
+                 "conv4", {"n_way": task.n_way}, info)
+
+
+def _omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
+    """Meta-train and held-out alphabets of the Omniglot zips in ``task.data_dir``."""
+    data = load_omniglot(task.data_dir or None)
+    return split_by_alphabet(data, task.test_alphabets, seed=seed)
 
 
 def build_device_tasks(task: Any, device: int, num_devices: int, seed: int = 0) -> TaskSource:
