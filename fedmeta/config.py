@@ -11,14 +11,17 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from .errors import ConfigError
+from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
 
 TASK_KINDS = ("sinusoid", "omniglot")
+AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet")
 
 
@@ -64,18 +67,76 @@ class TrainConfig:
 
 
 @dataclass
+class FederationConfig:
+    """Federated meta-training (``fedmeta run``, ``flwr run``): fleet, rounds, local work.
+
+    Devices ``[0, num_devices - num_held_out)`` train; the last ``num_held_out`` never do and
+    only score the meta-model, every ``eval_every`` rounds and after the last. Each round
+    samples ``max(floor(fraction_train * training devices), min_train_devices)`` of them.
+    ``None`` (``"auto"`` in TOML) takes the algorithm's default (``fedmeta.federated``).
+    The learner comes from ``algorithm``; ``meta.algorithm`` is central training's.
+    """
+
+    algorithm: str = "fedmeta-maml"
+    num_devices: int = 20
+    num_held_out: int = 4
+    rounds: int = 60
+    fraction_train: float = 0.5
+    min_train_devices: int = 2
+    meta_batch: int = 10
+    local_steps: int | None = None
+    local_lr: float | None = None
+    server_optimizer: str = AUTO
+    server_lr: float | None = None
+    eval_every: int = 15
+    eval_episodes: int = 25
+
+    @property
+    def num_train(self) -> int:
+        """How many devices train (partitions ``[0, num_train)``)."""
+        return self.num_devices - self.num_held_out
+
+    @property
+    def train_per_round(self) -> int:
+        """How many training devices each round samples."""
+        return max(int(self.num_train * self.fraction_train), self.min_train_devices)
+
+
+@dataclass
+class SimulationConfig:
+    """Resources of the Ray simulation: per device, and for the whole of Ray (0: all)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_cpus: int = 0
+
+
+@dataclass
 class Config:
     """A whole job's configuration, section by section."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain nested dict (tuples as lists), as written to ``config.json``/TOML."""
-        return {name: {k: list(v) if isinstance(v, tuple) else v
-                       for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        """Plain nested dict (tuples as lists, ``None`` as ``"auto"``), as written to
+        ``config.json``/TOML."""
+        return {name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
                 for name in _sections()}
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{"section.field": value}``, the shape of a Flower run config."""
+        return {f"{name}.{k}": v for name, fields in self.to_dict().items()
+                for k, v in fields.items()}
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return AUTO
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _sections() -> dict[str, type]:
@@ -84,6 +145,14 @@ def _sections() -> dict[str, type]:
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """``value`` as type ``kind`` or a ``ConfigError`` naming ``name``."""
+    if kind in (int | None, float | None):
+        if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+            return None
+        try:
+            return _coerce(name, value, int if kind == int | None else float)
+        except ConfigError:
+            raise ConfigError(name, value, f"{'an integer' if kind == int | None else 'a number'}"
+                                           f" or \"{AUTO}\"") from None
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -159,6 +228,56 @@ def _check(cfg: Config) -> None:
             raise ConfigError(name, [low, high], "finite [low, high] with low <= high")
     if t.amplitude[0] < 0:
         raise ConfigError("task.amplitude", list(t.amplitude), "amplitudes >= 0")
+    _check_federation(cfg.federation)
+    _check_simulation(cfg.simulation)
+
+
+def _check_federation(f: FederationConfig) -> None:
+    if f.algorithm not in FEDERATED_ALGORITHMS:
+        raise ConfigError("federation.algorithm", f.algorithm,
+                          f"one of {sorted(FEDERATED_ALGORITHMS)}")
+    if f.server_optimizer not in SERVER_OPTIMIZERS:
+        raise ConfigError("federation.server_optimizer", f.server_optimizer,
+                          f"one of {sorted(SERVER_OPTIMIZERS + (AUTO,))}")
+    for name in ("num_devices", "rounds", "min_train_devices", "meta_batch", "local_steps",
+                 "eval_every", "eval_episodes"):
+        if getattr(f, name) < 1:
+            raise ConfigError(f"federation.{name}", getattr(f, name), "an integer >= 1")
+    if not 1 <= f.num_held_out < f.num_devices:
+        raise ConfigError("federation.num_held_out", f.num_held_out,
+                          f"an integer in [1, federation.num_devices={f.num_devices}) "
+                          f"(at least one device trains and one is held out)")
+    if not 0.0 <= f.fraction_train <= 1.0:
+        raise ConfigError("federation.fraction_train", f.fraction_train, "a number in [0, 1]")
+    if f.min_train_devices > f.num_train:
+        raise ConfigError("federation.min_train_devices", f.min_train_devices,
+                          f"at most the {f.num_train} training devices "
+                          f"(num_devices - num_held_out)")
+    for name in ("local_lr", "server_lr"):
+        value = getattr(f, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"federation.{name}", value, "a finite number > 0")
+
+
+def _check_simulation(s: SimulationConfig) -> None:
+    if not (math.isfinite(s.num_cpus) and s.num_cpus > 0):
+        raise ConfigError("simulation.num_cpus", s.num_cpus, "a number > 0 (CPUs per device)")
+    if not (math.isfinite(s.num_gpus) and s.num_gpus >= 0):
+        raise ConfigError("simulation.num_gpus", s.num_gpus, "a number >= 0 (GPUs per device)")
+    if s.ray_cpus < 0:
+        raise ConfigError("simulation.ray_cpus", s.ray_cpus,
+                          "an integer >= 0 (0: every CPU of this machine)")
+
+
+def _resolve_auto(f: FederationConfig) -> FederationConfig:
+    """``f`` with every ``None``/``"auto"`` field set to its algorithm's default."""
+    if f.algorithm not in FEDERATED_ALGORITHMS:
+        return f  # _check_federation names the bad algorithm
+    defaults = FEDERATED_ALGORITHMS[f.algorithm]
+    auto = {name: getattr(defaults, name)
+            for name in ("local_steps", "local_lr", "server_optimizer", "server_lr")
+            if getattr(f, name) in (None, AUTO)}
+    return dataclasses.replace(f, **auto)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -181,8 +300,20 @@ def from_dict(data: dict[str, Any]) -> Config:
                                   f"a field of [{name}] among {sorted(hints)}")
         built[name] = cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in given.items()})
     cfg = Config(**built)
+    cfg.federation = _resolve_auto(cfg.federation)
     _check(cfg)
     return cfg
+
+
+def from_flat(flat: Mapping[str, Any]) -> Config:
+    """A validated ``Config`` from ``{"section.field": value}`` (a Flower run config)."""
+    data: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, dot, name = key.partition(".")
+        if not dot or not section or not name:
+            raise ConfigError(key, value, "a key of the form section.field, e.g. meta.inner_lr")
+        data.setdefault(section, {})[name] = value
+    return from_dict(data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""The device: a ClientApp that meta-trains on its private tasks or scores held-out ones.
+
+A device learns which partition it is from its node config (``partition-id``,
+``num-partitions``) and everything else from each message's ConfigRecord, so the same app
+runs under the simulation engine and on real SuperNodes. Its random draws come from
+``(seed, round, partition-id)`` alone: training episodes from ``[seed, round, pid]``,
+evaluation episodes from ``[seed, 0, pid]`` (the same at every evaluation, so rounds are
+compared on the same tasks), whatever the scheduling.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..config import Config, from_flat
+from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
+from ..local_update import evaluate_device, local_meta_train
+from ..meta import MetaLearner, build_learner
+from ..models import build_model
+from ..tasks.episode import TaskSource
+from ..tasks.factory import build_device_tasks
+from .records import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
+                      to_record, scores_record)
+
+PARTITION = "partition"  # the ConfigRecord of a query reply
+MODEL, MODEL_KWARGS = "model", "model-kwargs"  # round-config entries: the model template
+
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class Device:
+    """What a device keeps between messages: its config, learner and private tasks."""
+
+    partition: int
+    cfg: Config
+    algorithm: FederatedAlgorithm
+    learner: MetaLearner
+    source: TaskSource
+
+
+@lru_cache(maxsize=4)
+def _device(partition: int, num_partitions: int, flat: tuple, model: str,
+            model_kwargs: str) -> Device:
+    cfg = from_flat(dict(flat))
+    algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
+    learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
+                            inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
+                            eval_steps=cfg.meta.eval_steps)
+    source = build_device_tasks(cfg.task, partition, num_partitions, seed=cfg.train.seed)
+    return Device(partition, cfg, algorithm, learner, source)
+
+
+def device_of(message: Message, context: Context) -> Device:
+    """This node's device for the message's config, built once per process."""
+    record = message.content[CONFIG]
+    flat = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                        for k, v in record.items() if "." in k))
+    return _device(int(context.node_config["partition-id"]),
+                   int(context.node_config["num-partitions"]), flat, str(record[MODEL]),
+                   str(record[MODEL_KWARGS]))
+
+
+def _means(scores: dict[str, np.ndarray], episodes: int) -> MetricRecord:
+    """Episode count and mean scores (accuracies are NaN for regression)."""
+    return MetricRecord({NUM_EXAMPLES: episodes, **{k: float(v.mean()) for k, v in scores.items()}})
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds."""
+    record = ConfigRecord({k: int(context.node_config[k])
+                           for k in ("partition-id", "num-partitions")})
+    return Message(RecordDict({PARTITION: record}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Local meta-steps from the received meta-parameters; reply the pseudo-gradient."""
+    device = device_of(message, context)
+    cfg, fed = device.cfg, device.cfg.federation
+    server_round = int(message.content[CONFIG][ROUND])
+    rng = np.random.default_rng([cfg.train.seed, server_round, device.partition])
+    update = local_meta_train(
+        device.learner, to_params(message.content[ARRAYS]), device.source, rng,
+        fed.local_steps, fed.local_lr, fed.meta_batch,
+        adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
+    content = RecordDict({ARRAYS: to_record(update.delta),
+                          METRICS: _means(update.scores, update.episodes)})
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Adapt the received meta-model on fresh tasks' supports; reply per-episode scores."""
+    device = device_of(message, context)
+    cfg = device.cfg
+    rng = np.random.default_rng([cfg.train.seed, 0, device.partition])
+    steps = adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, True)
+    scores = evaluate_device(device.learner, to_params(message.content[ARRAYS]), device.source,
+                             rng, cfg.federation.eval_episodes, steps)
+    content = RecordDict({SCORES: scores_record(scores),
+                          METRICS: _means(scores, cfg.federation.eval_episodes)})
+    return Message(content, reply_to=message)

@@ -1,0 +1,47 @@
+"""Meta-parameters, configs and scores to and from Flower records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from ..config import Config, from_flat
+from ..meta import Params
+
+ARRAYS, CONFIG, METRICS, SCORES = "arrays", "config", "metrics", "scores"
+ROUND = "server-round"  # set by FedAvg in every round's ConfigRecord
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key: episodes used
+
+
+def to_record(params: Params) -> ArrayRecord:
+    """Tensors as an ArrayRecord, in their order."""
+    return ArrayRecord.from_torch_state_dict(params)
+
+
+def to_params(record: ArrayRecord) -> Params:
+    """An ArrayRecord as a dict of (writable, float) tensors."""
+    return {k: v.clone() for k, v in record.to_torch_state_dict().items()}
+
+
+def scores_record(scores: dict[str, np.ndarray]) -> ArrayRecord:
+    """Per-episode score arrays (``pre_loss``, ...) as an ArrayRecord."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in scores.items()})
+
+
+def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
+    """The whole config as flat ``section.field`` entries, plus ``extra`` entries."""
+    return ConfigRecord({**cfg.to_flat(), **extra})
+
+
+def config_of(content: RecordDict) -> Config:
+    """The validated config a message carries (entries without a dot are not config)."""
+    record = content[CONFIG]
+    return from_flat({k: v for k, v in record.items() if "." in k})
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Bytes of every array a message carries (Flower's ``ArrayRecord.count_bytes``)."""
+    return sum(record.count_bytes() for record in content.array_records.values())

@@ -1,0 +1,125 @@
+"""``simulate``: a federated run on Flower's simulation engine (Ray), from Python.
+
+The config is validated before Ray starts; Ray is shut down when the run ends, however it
+ends. Flower's and Ray's INFO logs are silenced unless ``verbose``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+from tqdm.auto import tqdm
+
+from .. import config as config_module
+from ..checkpoint import Checkpoint
+from ..config import Config, SimulationConfig
+from ..errors import ConfigError, FedmetaError
+from ..outputs import write_run
+from ..results import Row, summarize_run, table
+from . import client_app
+from .server_app import run_federation
+
+
+def as_config(config: Config | Mapping[str, Any] | str | Path) -> Config:
+    """A validated config (``"auto"`` fields resolved) from a Config, dict or TOML path."""
+    if isinstance(config, Config):
+        return config_module.from_dict(config.to_dict())
+    if isinstance(config, Mapping):
+        return config_module.from_dict(dict(config))
+    return config_module.load(config)
+
+
+def backend_config(sim: SimulationConfig, verbose: bool) -> dict[str, Any]:
+    """Ray's resources: ``sim.num_cpus``/``num_gpus`` per device, ``ray_cpus`` in all."""
+    total = sim.ray_cpus or os.cpu_count() or 1
+    if sim.num_cpus > total:
+        raise ConfigError("simulation.num_cpus", sim.num_cpus,
+                          f"at most the {total} CPUs Ray has (simulation.ray_cpus)")
+    if sim.num_gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError("simulation.num_gpus", sim.num_gpus, "0 on a machine without a GPU")
+    return {"client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
+            "init_args": {"num_cpus": total, "include_dashboard": False,
+                          "logging_level": "INFO" if verbose else "ERROR",
+                          "log_to_driver": verbose}}
+
+
+@contextmanager
+def _flower_logs(verbose: bool) -> Iterator[None]:
+    """Flower's logs at ERROR (ours at WARNING: dropped replies) unless ``verbose``."""
+    levels = {"flwr": logging.ERROR, "flwr.fedmeta": logging.WARNING, "ray": logging.ERROR}
+    loggers = {name: logging.getLogger(name) for name in levels}
+    saved = {name: lg.level for name, lg in loggers.items()}
+    if not verbose:
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
+    try:
+        with warnings.catch_warnings():
+            if not verbose:  # Ray's FutureWarning about accelerator variables, and the like
+                warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for name, lg in loggers.items():
+            lg.setLevel(saved[name])
+
+
+def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | None = None,
+             *, progress: bool = True, verbose: bool = False) -> pd.DataFrame:
+    """Run the federated config on Ray; return the tidy table of rounds (``results.table``).
+
+    With ``out``, also write every output there (``fedmeta.outputs.FILES``). The summary
+    (final held-out scores with 95% CIs, bytes, wall time) is in ``frame.attrs["summary"]``
+    and the final meta-model in ``frame.attrs["checkpoint"]``.
+    """
+    cfg = as_config(config)
+    fed = cfg.federation
+    backend = backend_config(cfg.simulation, verbose)
+    rows: list[Row] = []
+    finished: list[Checkpoint] = []
+    bar = tqdm(total=fed.rounds, desc=fed.algorithm, unit="round", disable=not progress,
+               dynamic_ncols=True)
+    latest: dict[str, str] = {}
+
+    def report(row: Row) -> None:
+        rows.append(row)
+        latest[row.source] = row.brief()
+        bar.set_postfix(latest, refresh=False)
+        bar.update(1 if row.source == "train" else 0)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        finished.append(run_federation(grid, cfg, report))
+
+    start = time.perf_counter()
+    try:
+        with _flower_logs(verbose):
+            run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
+                           backend_config=backend, verbose_logging=verbose)
+    finally:
+        bar.close()
+        if ray.is_initialized():
+            ray.shutdown()
+    wall_s = time.perf_counter() - start
+    if not finished:
+        raise FedmetaError("the federated run did not finish; run it again with "
+                           "verbose=True (--verbose) to see Flower's and Ray's logs")
+    frame = table(rows)
+    summary = summarize_run(frame, fed.algorithm, fed.rounds, wall_s)
+    if out is not None:
+        write_run(Path(out), frame, cfg, finished[0], summary)
+    frame.attrs.update(summary=summary, checkpoint=finished[0])
+    return frame

@@ -1,0 +1,57 @@
+"""``fedmeta run``: federated meta-training of a simulated fleet on Flower + Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .. import config as config_module
+from ..federated import FEDERATED_ALGORITHMS, adapt_steps
+from ..results import final_table
+
+DEFAULT_OUT = "runs/<algorithm>-<YYYYmmdd-HHMMSS>"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``fedmeta run``."""
+    p = sub.add_parser(
+        "run", help="federated meta-training of a simulated fleet (Flower on Ray)",
+        description="Meta-train across a simulated fleet of devices with Flower's simulation "
+                    "engine: every round sampled training devices adapt on their private "
+                    "tasks and send meta-updates; held-out devices adapt the meta-model and "
+                    "report pre/post-adaptation quality with 95%% confidence intervals. With "
+                    "no arguments: a heterogeneous sinusoid fleet of 20 devices (16 train, 4 "
+                    "held out), about a minute. Writes results.csv, summary.json, "
+                    "config.json, checkpoint.pt (read by `fedmeta evaluate`) and quality.png.")
+    p.add_argument("--config", type=Path,
+                   help="TOML file with [task], [meta], [federation], [simulation], [train] "
+                        "(seed); default: the built-in sinusoid fleet")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.FIELD=VALUE",
+                   help="override one field, e.g. --set federation.algorithm=fedreptile "
+                        "(repeatable)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the config (before Ray starts), simulate, write outputs, print the table."""
+    cfg = config_module.load(args.config, args.overrides)
+    from ..app.simulation import simulate  # Flower and Ray load only after validation
+
+    fed = cfg.federation
+    out = args.out or Path("runs") / f"{fed.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    frame = simulate(cfg, out, progress=not args.no_progress, verbose=args.verbose)
+    summary = frame.attrs["summary"]
+    steps = adapt_steps(FEDERATED_ALGORITHMS[fed.algorithm], cfg.meta.inner_steps,
+                        cfg.meta.eval_steps, evaluation=True)
+    print(f"\n{fed.algorithm}: {fed.num_held_out} held-out devices, "
+          f"{summary['held_out_episodes']} episodes, {steps} adaptation steps\n"
+          f"{final_table(frame)}")
+    print(json.dumps({k: summary[k] for k in ("bytes_down", "bytes_up", "wall_s")}))
+    print(f"outputs in {out}")
+    return 0

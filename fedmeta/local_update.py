@@ -1,0 +1,69 @@
+"""A device's work in one round, without any transport: local meta-steps and scoring.
+
+``local_meta_train`` takes ``steps`` SGD steps of size ``lr`` along the learner's direction on
+fresh meta-batches from the device's own tasks and returns the pseudo-gradient
+``theta - theta_local``; with one step of size 1 that is exactly the learner's direction, so
+the server's optimizer step equals a central meta-training step (Chen et al. 2018).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .meta import MetaLearner, Params
+from .meta.evaluation import METRICS
+from .tasks.episode import EpisodeBatch, TaskSource, sample_batch, stack_episodes
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """The pseudo-gradient of a device's local steps and the episodes they used."""
+
+    delta: Params
+    episodes: int
+    scores: dict[str, np.ndarray]
+
+
+def _cat(batches: list[EpisodeBatch]) -> EpisodeBatch:
+    return EpisodeBatch(*(torch.cat([getattr(b, f) for b in batches])
+                          for f in ("support_x", "support_y", "query_x", "query_y")),
+                        batches[0].n_way)
+
+
+def score(learner: MetaLearner, params: Params, batch: EpisodeBatch,
+          steps: int) -> dict[str, np.ndarray]:
+    """Per-episode pre/post-adaptation loss and accuracy (float64) after ``steps`` steps;
+    ``steps=0`` scores without adapting (post equals pre)."""
+    scores = learner.evaluate(params, batch, steps)
+    return {m: scores[m].double().numpy() for m in METRICS}
+
+
+def local_meta_train(learner: MetaLearner, params: Params, source: TaskSource,
+                     rng: np.random.Generator, steps: int, lr: float, meta_batch: int,
+                     score_steps: int) -> LocalUpdate:
+    """``steps`` local meta-steps from ``params``; scores are of ``params`` on those episodes.
+
+    The pseudo-gradient is accumulated as ``sum lr * direction`` (equal to
+    ``theta - theta_local``, without the rounding of a subtraction).
+    """
+    theta = {k: v.detach() for k, v in params.items()}
+    local, delta, batches = theta, {k: torch.zeros_like(v) for k, v in theta.items()}, []
+    for _ in range(steps):
+        batch = stack_episodes(sample_batch(source, rng, meta_batch))
+        direction = learner.meta_update(local, batch).direction
+        step = {k: lr * direction[k].detach() for k in theta}
+        local = {k: local[k] - step[k] for k in theta}
+        delta = {k: delta[k] + step[k] for k in theta}
+        batches.append(batch)
+    return LocalUpdate(delta, steps * meta_batch, score(learner, theta, _cat(batches),
+                                                         score_steps))
+
+
+def evaluate_device(learner: MetaLearner, params: Params, source: TaskSource,
+                    rng: np.random.Generator, episodes: int,
+                    steps: int) -> dict[str, np.ndarray]:
+    """Per-episode scores of ``params`` adapted ``steps`` steps on ``episodes`` fresh tasks."""
+    return score(learner, params, stack_episodes(sample_batch(source, rng, episodes)), steps)
