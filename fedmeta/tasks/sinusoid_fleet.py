@@ -10,6 +10,8 @@ from .sinusoid import SinusoidTasks
 
 def _sub_range(rng: np.random.Generator, low: float, high: float,
                width: float) -> tuple[float, float]:
+    if width >= 1.0:  # the whole range (high - span may round to just below low)
+        return (float(low), float(high))
     span = (high - low) * width
     start = rng.uniform(low, high - span)
     return (float(start), float(start + span))

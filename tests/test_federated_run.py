@@ -1,0 +1,129 @@
+"""End to end on Flower's simulation engine (Ray): ``fedmeta run`` writes every output,
+``fedmeta.simulate`` gives the same table, byte for byte, and Ray is shut down after each
+run; ``flwr run .`` runs the same app on a local SuperLink."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """\
+[train]
+seed = 4
+
+[federation]
+num_devices = 4
+num_held_out = 1
+rounds = 3
+eval_every = 2
+meta_batch = 4
+eval_episodes = 5
+
+[simulation]
+num_cpus = 1
+ray_cpus = 2
+"""
+TINY_RUN_CONFIG = ("federation.num_devices=4 federation.num_held_out=1 federation.rounds=3 "
+                   "federation.eval_every=2 federation.meta_batch=4 federation.eval_episodes=5 "
+                   "train.seed=4")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
+    """The tiny config run twice: by the CLI (a subprocess) and by ``fedmeta.simulate``."""
+    import ray
+
+    import fedmeta
+
+    folder = tmp_path_factory.mktemp("runs")
+    config = folder / "tiny.toml"
+    config.write_text(TINY)
+    cli = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--config", str(config),
+                          "--out", str(folder / "cli"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "post-adaptation MSE" in cli.stdout
+    frame = fedmeta.simulate(config, folder / "api", progress=False)
+    assert not ray.is_initialized()  # shut down after the run
+    return folder / "cli", folder / "api", frame
+
+
+def test_run_writes_every_output(runs: tuple[Path, Path, pd.DataFrame]) -> None:
+    from fedmeta.checkpoint import Checkpoint
+
+    out = runs[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png"])
+    table = pd.read_csv(out / "results.csv")
+    assert list(table[["round", "source"]].itertuples(index=False, name=None)) == [
+        (0, "eval"), (1, "train"), (2, "train"), (2, "eval"), (3, "train"), (3, "eval")]
+    assert (table["bytes_down"] > 0).all() and (table["bytes_up"] > 0).all()
+    assert table["bytes_total"].is_monotonic_increasing
+    assert set(table.loc[table["source"] == "train", "devices"]) == {2}
+    summary = json.loads((out / "summary.json").read_text())
+    final = table[table["source"] == "eval"].iloc[-1]
+    assert summary["algorithm"] == "fedmeta-maml" and summary["rounds"] == 3
+    assert summary["final_post_mse"] == pytest.approx(final["post_loss"])
+    assert summary["final_pre_mse_ci95"] == pytest.approx(final["pre_loss_ci95"])
+    assert summary["bytes_down"] + summary["bytes_up"] == table["bytes_total"].iloc[-1]
+    assert summary["wall_s"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["federation"]["server_optimizer"] == "adam"  # "auto" resolved
+    assert Checkpoint.load(out / "checkpoint.pt").algorithm == "maml"
+    assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_config_and_seed_give_byte_identical_results(
+        runs: tuple[Path, Path, pd.DataFrame]) -> None:
+    cli, api, frame = runs
+    assert (cli / "results.csv").read_bytes() == (api / "results.csv").read_bytes()
+    pd.testing.assert_frame_equal(frame, pd.read_csv(api / "results.csv"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_local_superlink(flwr_home: Path) -> None:
+    """End the SuperLink that ``flwr run`` started for this test (found by its log path)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            os.kill(int(proc.name), signal.SIGTERM)
+
+
+def test_flwr_run_runs_the_app_on_a_local_simulation(tmp_path: Path) -> None:
+    flwr = Path(sys.executable).with_name("flwr")
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
+           "PATH": f"{flwr.parent}{os.pathsep}{os.environ['PATH']}",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    try:
+        done = subprocess.run(
+            [str(flwr), "run", ".", "--stream",
+             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1",
+             "--run-config", TINY_RUN_CONFIG],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        _stop_local_superlink(tmp_path / "flwr")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "fedmeta-maml on held-out devices" in out, out[-3000:]
+    for line in ("round 3 train: 2 devices", "round 3 eval: 1 devices"):
+        assert line in out
+    assert "CONFIGURATION MIGRATION" not in (ROOT / "pyproject.toml").read_text()
