@@ -202,3 +202,16 @@ def test_a_federation_of_the_wrong_size_is_a_clear_error() -> None:
                    MessageType.QUERY)
     with pytest.raises(ConfigError, match="num-supernodes=6"):
         s._register(answer)
+
+
+def test_missing_devices_are_a_clear_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedmeta.app import client_app, strategy as strategy_module
+    from local_grid import LocalGrid
+
+    monkeypatch.setattr(strategy_module, "NODE_WAIT_S", 0.3)
+    s = strategy()
+    s.partitions = {}
+    grid = LocalGrid(client_app.app, 5, num_partitions=6)  # a sixth SuperNode never joins
+    with pytest.raises(ConfigError, match="5 answered"):
+        s.discover(grid, timeout=10)
+    assert sorted(s.partitions.values()) == [0, 1, 2, 3, 4]

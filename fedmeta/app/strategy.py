@@ -52,7 +52,8 @@ class FedMeta(FedAvg):
         super().__init__(fraction_train=fed.train_per_round / fed.num_train,
                          min_train_nodes=fed.train_per_round,
                          min_evaluate_nodes=fed.num_held_out,
-                         min_available_nodes=fed.num_devices)
+                         min_available_nodes=fed.num_devices, weighted_by_key=NUM_EXAMPLES,
+                         arrayrecord_key=ARRAYS, configrecord_key=CONFIG)
         self.fed, self.trainer, self.seed, self.report = fed, trainer, seed, report
         self.partitions: dict[int, int] = {}  # node id -> partition id
         self._num_rounds = fed.rounds
@@ -61,20 +62,21 @@ class FedMeta(FedAvg):
     # -- which node is which device -------------------------------------------------------
     def discover(self, grid: Grid, timeout: float) -> None:
         """Ask every node for its partition until all ``num_devices`` have answered."""
-        n, deadline = self.fed.num_devices, time.monotonic() + NODE_WAIT_S
+        n, deadline, asked = self.fed.num_devices, time.monotonic() + NODE_WAIT_S, set()
         while len(self.partitions) < n:
-            new = [i for i in sorted(grid.get_node_ids()) if i not in self.partitions]
-            if not new:
-                if time.monotonic() > deadline:
-                    raise ConfigError("federation.num_devices", n,
-                                      f"the number of SuperNodes; {len(self.partitions)} "
-                                      f"connected within {NODE_WAIT_S:.0f} s")
+            new = [i for i in sorted(grid.get_node_ids()) if i not in asked]
+            if new:
+                asked.update(new)
+                ask = [Message(RecordDict(), dst_node_id=i, message_type=MessageType.QUERY)
+                       for i in new]
+                for reply in grid.send_and_receive(ask, timeout=timeout):
+                    self._register(reply)
+            elif time.monotonic() > deadline:
+                raise ConfigError("federation.num_devices", n,
+                                  f"the number of SuperNodes; {len(self.partitions)} "
+                                  f"answered within {NODE_WAIT_S:.0f} s")
+            else:
                 time.sleep(0.2)
-                continue
-            ask = [Message(RecordDict(), dst_node_id=i, message_type=MessageType.QUERY)
-                   for i in new]
-            for reply in grid.send_and_receive(ask, timeout=timeout):
-                self._register(reply)
         if sorted(self.partitions.values()) != list(range(n)):
             raise ConfigError("federation.num_devices", n, "SuperNodes holding partitions "
                               f"0..{n - 1}, once each; got {sorted(self.partitions.values())}")
@@ -138,7 +140,7 @@ class FedMeta(FedAvg):
         if problem:
             return problem
         arrays, params = content[ARRAYS], self.trainer.params
-        if list(arrays.keys()) != list(params):
+        if set(arrays.keys()) != set(params):
             return f"arrays {sorted(arrays.keys())} are not the meta-parameters {sorted(params)}"
         for key, array in arrays.items():
             value = array.numpy()

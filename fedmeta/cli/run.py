@@ -21,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Meta-train across a simulated fleet of devices with Flower's simulation "
                     "engine: every round sampled training devices adapt on their private "
                     "tasks and send meta-updates; held-out devices adapt the meta-model and "
-                    "report pre/post-adaptation quality with 95%% confidence intervals. With "
+                    "report pre/post-adaptation quality with 95% confidence intervals. With "
                     "no arguments: a heterogeneous sinusoid fleet of 20 devices (16 train, 4 "
-                    "held out), about a minute. Writes results.csv, summary.json, "
+                    "held out), 60 rounds of fedmeta-maml, under a minute. Writes results.csv, summary.json, "
                     "config.json, checkpoint.pt (read by `fedmeta evaluate`) and quality.png.")
     p.add_argument("--config", type=Path,
                    help="TOML file with [task], [meta], [federation], [simulation], [train] "
