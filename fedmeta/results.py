@@ -1,8 +1,9 @@
 """A federated run's records as one tidy table, its summary and the short final table.
 
 One row per round and source: ``train`` (the sampled devices' scores of the meta-model they
-received, on the episodes they trained on, weighted by episodes) and ``eval`` (held-out
-devices after adapting, with 95% confidence intervals over their episodes). Bytes are
+received on the episodes they trained on, before and after ``meta.inner_steps`` steps of
+adaptation, weighted by episodes) and ``eval`` (held-out devices before and after
+``meta.eval_steps`` steps, with 95% confidence intervals over their episodes). Bytes are
 those of the arrays sent to and received from devices. No host times: the table is a
 function of the config and the seed alone.
 """

@@ -86,7 +86,7 @@ def test_adam_state_carries_across_rounds_like_torch_adam() -> None:
     adam = torch.optim.Adam(list(reference.values()), lr=0.1)
     for rnd, (a, b) in enumerate([(1.0, 3.0), (-2.0, 0.5), (0.25, 0.25)], start=1):
         s.aggregate_train(rnd, [update(s, 1, a, 20), update(s, 3, b, 20)])
-        for k, p in reference.items():
+        for p in reference.values():
             p.grad = torch.full_like(p, (a + b) / 2)
         adam.step()
     for k, p in reference.items():
@@ -205,7 +205,8 @@ def test_a_federation_of_the_wrong_size_is_a_clear_error() -> None:
 
 
 def test_missing_devices_are_a_clear_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedmeta.app import client_app, strategy as strategy_module
+    from fedmeta.app import client_app
+    from fedmeta.app import strategy as strategy_module
     from local_grid import LocalGrid
 
     monkeypatch.setattr(strategy_module, "NODE_WAIT_S", 0.3)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from ..config import Config, from_flat
+from ..config import Config
 from ..meta import Params
 
 ARRAYS, CONFIG, METRICS, SCORES = "arrays", "config", "metrics", "scores"
@@ -34,12 +33,6 @@ def scores_record(scores: dict[str, np.ndarray]) -> ArrayRecord:
 def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
     """The whole config as flat ``section.field`` entries, plus ``extra`` entries."""
     return ConfigRecord({**cfg.to_flat(), **extra})
-
-
-def config_of(content: RecordDict) -> Config:
-    """The validated config a message carries (entries without a dot are not config)."""
-    record = content[CONFIG]
-    return from_flat({k: v for k, v in record.items() if "." in k})
 
 
 def array_bytes(content: RecordDict) -> int:

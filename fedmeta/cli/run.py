@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "tasks and send meta-updates; held-out devices adapt the meta-model and "
                     "report pre/post-adaptation quality with 95% confidence intervals. With "
                     "no arguments: a heterogeneous sinusoid fleet of 20 devices (16 train, 4 "
-                    "held out), 60 rounds of fedmeta-maml, under a minute. Writes results.csv, summary.json, "
-                    "config.json, checkpoint.pt (read by `fedmeta evaluate`) and quality.png.")
+                    "held out), 60 rounds of fedmeta-maml, under a minute. Writes "
+                    "results.csv, summary.json, config.json, checkpoint.pt (read by "
+                    "`fedmeta evaluate`) and quality.png.")
     p.add_argument("--config", type=Path,
                    help="TOML file with [task], [meta], [federation], [simulation], [train] "
                         "(seed); default: the built-in sinusoid fleet")
