@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
 
 from ..tasks.episode import EpisodeBatch
 from .base import MetaUpdate, Params, task_accuracy, task_loss
-from .maml import MAML, _metrics
+from .maml import MAML, Aux, _metrics, autograd_grad, mean_over_tasks
 
 
 class FirstOrderMAML(MAML):
@@ -25,17 +24,18 @@ class FirstOrderMAML(MAML):
     name = "fomaml"
 
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
-        with torch.no_grad():
-            detached = {k: v.detach() for k, v in params.items()}
-            fast = vmap(self.adapt, in_dims=(None, 0, 0))(
-                detached, batch.support_x, batch.support_y)
+        detached = {k: v.detach() for k, v in params.items()}
 
-        def query_loss(p: Params, qx: Tensor, qy: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            out = self.predict(p, qx)
-            loss = task_loss(out, qy)
-            return loss, (loss.detach(), task_accuracy(out, qy).detach())
+        def query_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
+            with torch.no_grad():
+                fast = self.adapt(detached, sx, sy)
 
-        grads, (losses, accs) = vmap(grad(query_loss, has_aux=True))(
-            fast, batch.query_x, batch.query_y)
-        direction = {k: g.mean(0) for k, g in grads.items()}
+            def query_loss(p: Params) -> tuple[Tensor, Aux]:
+                out = self.predict(p, qx)
+                loss = task_loss(out, qy)
+                return loss, (loss.detach(), task_accuracy(out, qy).detach())
+
+            return autograd_grad(query_loss, fast)
+
+        direction, losses, accs = mean_over_tasks(query_grad, batch)
         return MetaUpdate(direction, _metrics(losses, accs))

@@ -6,17 +6,61 @@ For tasks ``T_i`` with support ``S_i`` and query ``Q_i`` and inner step size ``a
     g            = 1/B sum_i grad_theta L_{Q_i}(phi_i(theta))
 
 The outer gradient flows through the inner updates, Hessian-vector products included:
-``torch.func.grad`` of a function that itself calls ``grad``, vectorised over tasks by ``vmap``.
+the inner steps are ``torch.func.grad`` with its graph kept, the outer gradient is taken
+through them by ``torch.autograd`` (see ``autograd_grad``), one task at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
 
 from ..tasks.episode import EpisodeBatch
 from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
+
+Aux = tuple[Tensor, Tensor]
+TaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Params, Aux]]
+
+
+def autograd_grad(loss_fn: Callable[[Params], tuple[Tensor, Aux]],
+                  params: Params) -> tuple[Params, Aux]:
+    """Gradient of ``loss_fn(params) -> (loss, aux)`` at ``params``, and ``aux``.
+
+    What ``torch.func.grad(loss_fn, has_aux=True)(params)`` returns, by ``torch.autograd``
+    on detached leaves: ``func.grad`` always differentiates with ``create_graph=True`` and so
+    records a graph of the whole backward pass that nothing uses. On Conv4 (CPU, torch 2.13)
+    this is measured 11% faster for MAML and 16% for first-order MAML. ``torch.func.grad``
+    calls inside ``loss_fn`` (the inner steps) compose with it, second derivatives included.
+    """
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        loss, aux = loss_fn(leaves)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+    return dict(zip(leaves, grads)), aux
+
+
+def mean_over_tasks(per_task: TaskFn, batch: EpisodeBatch) -> tuple[Params, Tensor, Tensor]:
+    """Mean of ``per_task(sx, sy, qx, qy) -> (params, (loss, acc))`` over the batch's tasks.
+
+    Returns the mean params and the per-task losses and accuracies. Tasks run one at a time,
+    not under ``vmap``: vmap gets the second derivative of the native batch-norm kernel
+    wrong (see ``EpisodeBatchNorm2d``), and the loop is faster anyway. Measured on Conv4,
+    5-way 1-shot, 32 tasks (CPU, torch 2.13): second-order MAML 4.0x (both with elementwise
+    batch-norm), first-order MAML 7.9x, Reptile 5.1x.
+    """
+    total: Params = {}
+    losses, accs = [], []
+    for i in range(len(batch)):
+        params, (loss, acc) = per_task(batch.support_x[i], batch.support_y[i],
+                                       batch.query_x[i], batch.query_y[i])
+        for k, v in params.items():
+            total[k] = total[k] + v if k in total else v
+        losses.append(loss)
+        accs.append(acc)
+    return ({k: v / len(batch) for k, v in total.items()}, torch.stack(losses),
+            torch.stack(accs))
 
 
 class MAML(MetaLearner):
@@ -25,18 +69,16 @@ class MAML(MetaLearner):
     name = "maml"
 
     def _query_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor,
-                    qy: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                    qy: Tensor) -> tuple[Tensor, Aux]:
         out = self.predict(self.adapt(params, sx, sy), qx)
         loss = task_loss(out, qy)
         return loss, (loss.detach(), task_accuracy(out, qy).detach())
 
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
-        def batch_loss(p: Params) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            losses, aux = vmap(self._query_loss, in_dims=(None, 0, 0, 0, 0))(
-                p, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-            return losses.mean(), aux
+        def task_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
+            return autograd_grad(lambda p: self._query_loss(p, sx, sy, qx, qy), params)
 
-        direction, (losses, accs) = grad(batch_loss, has_aux=True)(params)
+        direction, losses, accs = mean_over_tasks(task_grad, batch)
         return MetaUpdate(direction, _metrics(losses, accs))
 
 

@@ -12,11 +12,11 @@ learning rate ``eps`` is exactly that rule.
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
+from torch import Tensor
 
 from ..tasks.episode import EpisodeBatch
 from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
-from .maml import _metrics
+from .maml import Aux, _metrics, mean_over_tasks
 
 
 class Reptile(MetaLearner):
@@ -25,12 +25,14 @@ class Reptile(MetaLearner):
     name = "reptile"
 
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
-        with torch.no_grad():
-            detached = {k: v.detach() for k, v in params.items()}
-            fast = vmap(self.adapt, in_dims=(None, 0, 0))(
-                detached, batch.support_x, batch.support_y)
-            out = vmap(self.predict)(fast, batch.query_x)
-            losses = vmap(task_loss)(out, batch.query_y)
-            accs = vmap(task_accuracy)(out, batch.query_y)
-        direction = {k: detached[k] - fast[k].mean(0) for k in detached}
+        detached = {k: v.detach() for k, v in params.items()}
+
+        def adapted(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
+            with torch.no_grad():
+                fast = self.adapt(detached, sx, sy)
+                out = self.predict(fast, qx)
+                return fast, (task_loss(out, qy), task_accuracy(out, qy))
+
+        mean_fast, losses, accs = mean_over_tasks(adapted, batch)
+        direction = {k: detached[k] - mean_fast[k] for k in detached}
         return MetaUpdate(direction, _metrics(losses, accs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -11,9 +12,13 @@ class EpisodeBatchNorm2d(nn.Module):
 
     This is ``nn.BatchNorm2d(track_running_stats=False)`` in training mode (MAML's
     transductive batch-norm: a support or query set is normalised by its own statistics),
-    written with plain tensor operations: under ``torch.func.vmap`` the native
-    ``batch_norm`` kernel gives a wrong second derivative (torch 2.13, ~2% off on the
-    convolution weights; ``tests/test_meta_gradients.py`` catches it), these ops do not.
+    with no buffers, computed by the native kernel: MAML on Conv4 runs 1.3x faster with it
+    than with the same maths in elementwise tensor operations (CPU, torch 2.13).
+
+    Under ``torch.func.vmap`` the native kernel's *second* derivative is wrong (torch 2.13,
+    ~1% off on the convolution weights; first derivatives are exact), so learners that
+    differentiate through adaptation (MAML, ANIL, Meta-SGD) loop over tasks instead of
+    vmapping; ``tests/test_meta_gradients.py`` checks them against double backward.
     Parameter names match ``nn.BatchNorm2d`` (``weight``, ``bias``).
     """
 
@@ -24,7 +29,4 @@ class EpisodeBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
-        scale = torch.rsqrt(var + self.eps) * self.weight[:, None, None]
-        return (x - mean) * scale + self.bias[:, None, None]
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
