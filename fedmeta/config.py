@@ -38,6 +38,7 @@ class TaskConfig:
     x_range: tuple[float, float] = (-5.0, 5.0)
     data_dir: str = ""
     rotations: bool = False
+    augment: bool = False
     test_alphabets: int = 2
     device_width: float = 0.3
     partition: str = "drawer"

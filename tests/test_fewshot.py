@@ -137,3 +137,30 @@ def test_bad_arrays_are_data_errors():
         FewShotTaskSource(np.zeros((4, 2, 2)), np.array([0, 1, 1]), 2, 1, 1)
     with pytest.raises(DataError, match="rotations need square images"):
         FewShotTaskSource(np.zeros((4, 2, 3)), np.array([0, 0, 1, 1]), 2, 1, 1, rotations=True)
+
+
+def test_augment_fills_single_image_classes_with_distortions_of_them(omniglot_data):
+    one_drawer = omniglot_data.by_drawers([3])
+    source = FewShotTaskSource(one_drawer.images, one_drawer.character, 5, 1, 3, augment=True)
+    ep = source.sample(np.random.default_rng(1))
+    assert ep.query_x.shape == (15, 1, 28, 28)
+    real = {image.tobytes() for image in one_drawer.images}
+    for label in range(5):
+        block = torch.cat([ep.support_x[ep.support_y == label],
+                           ep.query_x[ep.query_y == label]])[:, 0].numpy()
+        assert sum(image.tobytes() in real for image in block) == 1  # the drawer's one image
+        original = next(image for image in block if image.tobytes() in real)
+        for image in block:  # the others are its distortions: close, but not equal
+            if image.tobytes() not in real:
+                assert np.abs(image - original).mean() < 0.25
+                assert np.corrcoef(image.ravel(), original.ravel())[0, 1] > 0.2
+    again = source.sample(np.random.default_rng(1))
+    assert torch.equal(ep.query_x, again.query_x)
+
+
+def test_augment_leaves_classes_with_enough_images_untouched(omniglot_data):
+    data = omniglot_data
+    plain = FewShotTaskSource(data.images, data.character, 5, 1, 5)
+    augmented = FewShotTaskSource(data.images, data.character, 5, 1, 5, augment=True)
+    a, b = plain.sample(np.random.default_rng(4)), augmented.sample(np.random.default_rng(4))
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)

@@ -53,7 +53,8 @@ def _device(partition: int, num_partitions: int, flat: tuple, model: str,
     learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
                             inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
                             eval_steps=cfg.meta.eval_steps)
-    source = build_device_tasks(cfg.task, partition, num_partitions, seed=cfg.train.seed)
+    source = build_device_tasks(cfg.task, partition, num_partitions,
+                                cfg.federation.num_held_out, seed=cfg.train.seed)
     return Device(partition, cfg, algorithm, learner, source)
 
 

@@ -29,6 +29,7 @@ from ..config import Config, SimulationConfig
 from ..errors import ConfigError, FedmetaError
 from ..outputs import write_run
 from ..results import Row, summarize_run, table
+from ..tasks.factory import check_fleet_tasks
 from . import client_app
 from .server_app import run_federation
 
@@ -86,6 +87,7 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     cfg = as_config(config)
     fed = cfg.federation
     backend = backend_config(cfg.simulation, verbose)
+    check_fleet_tasks(cfg.task, fed.num_devices, fed.num_held_out, cfg.train.seed)
     rows: list[Row] = []
     finished: list[Checkpoint] = []
     bar = tqdm(total=fed.rounds, desc=fed.algorithm, unit="round", disable=not progress,

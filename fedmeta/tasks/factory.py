@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError, DataError
 from .episode import TaskSource
 from .fewshot import FewShotTaskSource
 from .omniglot import OmniglotData, load_omniglot, split_by_alphabet
+from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
 
@@ -52,11 +54,52 @@ def _omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
     return split_by_alphabet(data, task.test_alphabets, seed=seed)
 
 
-def build_device_tasks(task: Any, device: int, num_devices: int, seed: int = 0) -> TaskSource:
-    """Device ``device``'s private task source in a fleet of ``num_devices``.
+def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: int,
+                       seed: int = 0) -> TaskSource:
+    """Device ``device``'s private task source in a fleet of ``num_devices`` whose last
+    ``num_held_out`` devices are held out.
 
     Sinusoid: its own amplitude and phase sub-ranges (``task.device_width`` of the whole).
+    Omniglot: training devices share the meta-train alphabets, held-out devices the
+    held-out ones, each group split by ``task.partition`` (``fedmeta.tasks.partition``).
     """
     if task.kind == "sinusoid":
         return device_sinusoid(_sinusoid(task), device, seed, task.device_width)
-    raise NotImplementedError(task.kind)
+    held_out = device >= num_devices - num_held_out
+    group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
+        else (device, num_devices - num_held_out)
+    return _omniglot_group(task, seed, held_out, size)[group]
+
+
+def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int = 0) -> None:
+    """Raise the ``DataError`` or ``ConfigError`` a device of this fleet would meet building
+    its task source (too few drawers, classes or images), before any device runs."""
+    if task.kind != "sinusoid":
+        _omniglot_group(task, seed, False, num_devices - num_held_out)
+        _omniglot_group(task, seed, True, num_held_out)
+
+
+def _omniglot_group(task: Any, seed: int, held_out: bool, size: int
+                    ) -> list[FewShotTaskSource]:
+    """The task sources of the training (or held-out) devices, split by ``task.partition``."""
+    data = _omniglot_split(task, seed)[1 if held_out else 0]
+    what = "held-out" if held_out else "training"
+    try:
+        if task.partition == "drawer":
+            parts = by_drawer(data, size)
+        elif task.partition == "alphabet":
+            parts = by_alphabet(data, size)
+        else:
+            parts = dirichlet(data, size, task.dirichlet_alpha, seed=seed + held_out)
+    except ConfigError as exc:
+        raise ConfigError("federation.num_devices", size,
+                          f"{what} devices that {task.partition} partition can give "
+                          f"({exc.allowed})") from None
+    try:
+        return device_task_sources(data, parts, task.n_way, task.k_shot, task.q_query,
+                                   rotations=task.rotations and not held_out,
+                                   augment=task.augment and not held_out)
+    except DataError as exc:
+        hint = "" if task.augment or held_out else "; task.augment=true fills them with " \
+                                                   "distorted copies"
+        raise DataError(f"{what} devices: {exc}{hint}") from None

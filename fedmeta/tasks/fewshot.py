@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .distort import distort
 from .episode import Episode
 
 
@@ -16,11 +17,14 @@ class FewShotTaskSource:
     ``k_shot + q_query`` images, then that many distinct images of each (no replacement),
     and labels the classes 0..n_way-1 in random order. With ``rotations`` each (class,
     rotation by k x 90 degrees, k in 0..3) is a class of its own, as in MAML's Omniglot.
+    With ``augment`` every class is usable: one short of ``k_shot + q_query`` images takes
+    all it has and fills the rest with random distortions of them (``distort``), so a
+    device holding one Omniglot drawer still forms episodes.
     ``images`` is ``(n, H, W)``; episodes hold ``(n, 1, H, W)`` float32 and int64 labels.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int,
-                 q_query: int, rotations: bool = False) -> None:
+                 q_query: int, rotations: bool = False, augment: bool = False) -> None:
         for field, value in (("n_way", n_way), ("k_shot", k_shot), ("q_query", q_query)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(field, value, "an integer >= 1")
@@ -31,10 +35,10 @@ class FewShotTaskSource:
         if rotations and images.shape[1] != images.shape[2]:
             raise DataError(f"few-shot data: rotations need square images, not "
                             f"{images.shape[1]}x{images.shape[2]}")
-        self.images, self.rotations = images, rotations
+        self.images, self.rotations, self.augment = images, rotations, augment
         self.n_way, self.k_shot, self.q_query = int(n_way), int(k_shot), int(q_query)
         _, counts = np.unique(labels, return_counts=True)
-        per_class = k_shot + q_query
+        per_class = 1 if augment else k_shot + q_query
         usable = int(np.sum(counts >= per_class))
         variants = 4 if rotations else 1
         if usable * variants < n_way:
@@ -42,7 +46,8 @@ class FewShotTaskSource:
             rotated = f" (x4 with rotations: {usable * 4})" if rotations else ""
             raise DataError(
                 f"cannot form {n_way}-way {k_shot}-shot episodes with {q_query} queries: they "
-                f"need {n_way} classes with at least k_shot + q_query = {per_class} distinct "
+                f"need {n_way} classes with at least "
+                f"{'1' if augment else f'k_shot + q_query = {per_class}'} distinct "
                 f"images each, but only {usable} of the {len(counts)} classes here "
                 f"have that many{rotated} ({len(labels)} images{sizes})")
         rows = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
@@ -57,7 +62,11 @@ class FewShotTaskSource:
         picks = []
         for c in chosen:
             rows = self._index[c // variants]
-            block = self.images[rows[rng.choice(len(rows), per_class, replace=False)]]
+            real = min(per_class, len(rows))
+            block = self.images[rows[rng.choice(len(rows), real, replace=False)]]
+            if real < per_class:  # only with augment: distorted copies, in random places
+                extra = distort(block[rng.integers(real, size=per_class - real)], rng)
+                block = np.concatenate([block, extra])[rng.permutation(per_class)]
             picks.append(np.rot90(block, c % variants, axes=(1, 2)))
         x = np.stack(picks)[:, :, None]  # (n_way, k + q, 1, H, W), contiguous
         labels = rng.permutation(self.n_way)

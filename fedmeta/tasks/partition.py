@@ -81,14 +81,15 @@ def dirichlet(data: OmniglotData, num_devices: int, alpha: float, seed: int = 0
 
 
 def device_task_sources(data: OmniglotData, parts: Sequence[np.ndarray], n_way: int,
-                        k_shot: int, q_query: int, rotations: bool = False
-                        ) -> list[FewShotTaskSource]:
-    """One few-shot task source per device over its own images, classes = characters."""
+                        k_shot: int, q_query: int, rotations: bool = False,
+                        augment: bool = False) -> list[FewShotTaskSource]:
+    """One few-shot task source per device over its own images, classes = characters
+    (``augment``: fill short classes with distortions, see ``FewShotTaskSource``)."""
     sources = []
     for device, rows in enumerate(parts):
         try:
             sources.append(FewShotTaskSource(data.images[rows], data.character[rows], n_way,
-                                             k_shot, q_query, rotations))
+                                             k_shot, q_query, rotations, augment))
         except DataError as exc:
             raise DataError(f"device {device} of {len(parts)}: {exc}. A device has one image "
                             f"of a character per drawer it holds, so it needs "
