@@ -54,7 +54,7 @@ def test_one_local_step_of_size_one_replies_the_learners_direction() -> None:
     learner, params = learner_and_params()
     out = send(cfg, MessageType.TRAIN, 2, params, server_round=7)
     rng = np.random.default_rng([SEED, 7, 2])
-    source = build_device_tasks(cfg.task, 2, 5, seed=SEED)
+    source = build_device_tasks(cfg.task, 2, 5, cfg.federation.num_held_out, seed=SEED)
     expected = learner.meta_update(params, stack_episodes(sample_batch(source, rng, 4)))
     delta = to_params(out.content["arrays"])
     for k in params:
@@ -67,7 +67,7 @@ def test_several_local_steps_reply_theta_minus_local_theta() -> None:
     learner, params = learner_and_params()
     out = send(cfg, MessageType.TRAIN, 1, params, server_round=4)
     rng = np.random.default_rng([SEED, 4, 1])
-    source = build_device_tasks(cfg.task, 1, 5, seed=SEED)
+    source = build_device_tasks(cfg.task, 1, 5, cfg.federation.num_held_out, seed=SEED)
     local = dict(params)
     for _ in range(3):
         d = learner.meta_update(local, stack_episodes(sample_batch(source, rng, 4))).direction

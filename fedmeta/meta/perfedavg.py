@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import grad
 
 from ..tasks.episode import EpisodeBatch
 from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
-from .maml import _metrics
+from .maml import _metrics, mean_over_tasks
 
 
 class PerFedAvgFO(MetaLearner):
@@ -41,9 +41,8 @@ class PerFedAvgFO(MetaLearner):
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         with torch.no_grad():
             detached = {k: v.detach() for k, v in params.items()}
-            per_task, (losses, accs) = vmap(self._direction, in_dims=(None, 0, 0, 0, 0))(
-                detached, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        direction = {k: v.mean(0) for k, v in per_task.items()}
+            direction, losses, accs = mean_over_tasks(
+                lambda *task: self._direction(detached, *task), batch)
         return MetaUpdate(direction, _metrics(losses, accs))
 
 
