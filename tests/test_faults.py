@@ -66,7 +66,7 @@ def test_each_fault_kind_is_counted_in_its_column(kind: str) -> None:
 
 def test_hanging_devices_time_out_and_the_round_goes_on_without_them() -> None:
     rows: list = []
-    cfg = config({"hang": 0.5, "hang_extra_s": 0.2}, round_timeout=1.5, rounds=3,
+    cfg = config({"hang": 0.3, "hang_extra_s": 0.2}, round_timeout=3.0, rounds=3,
                  num_devices=7, num_held_out=1)
     grid = ThreadedGrid(client_app.app, 7)
     run_federation(grid, cfg, rows.append)
