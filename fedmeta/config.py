@@ -205,7 +205,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         raise ConfigError(name, value, "an integer")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                raise ConfigError(name, value, "a number within float range") from None
         if isinstance(value, str):
             try:
                 return float(value)
