@@ -5,7 +5,8 @@ A device learns which partition it is from its node config (``partition-id``,
 runs under the simulation engine and on real SuperNodes. Its random draws come from
 ``(seed, round, partition-id)`` alone: training episodes from ``[seed, round, pid]``,
 evaluation episodes from ``[seed, 0, pid]`` (the same at every evaluation, so rounds are
-compared on the same tasks), whatever the scheduling.
+compared on the same tasks), whatever the scheduling; injected faults (``[faults]``,
+``fedmeta.app.faults``) from ``[seed, round, pid, attempt]``.
 """
 
 from __future__ import annotations
