@@ -195,13 +195,15 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(name, value, "an integer")
-        if isinstance(value, int):
-            return value
         if isinstance(value, str):
             try:
-                return int(value)
+                value = int(value)
             except ValueError:
                 pass
+        if isinstance(value, int):
+            if not -2**63 <= value < 2**63:  # what TOML and Flower's ConfigRecord carry
+                raise ConfigError(name, value, "an integer within 64 bits")
+            return value
         raise ConfigError(name, value, "an integer")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -81,7 +81,7 @@ def _wrong_type(kind: Any) -> st.SearchStrategy:
         return st.integers() | st.floats() | junk_text | containers
     if kind in (int, int | None):
         return st.floats().filter(lambda v: not v.is_integer()) | junk_text | containers | (
-            st.booleans() if kind is int else st.nothing())
+            st.booleans() if kind is int else st.nothing()) | st.integers(min_value=2**63)
     if kind in (float, float | None):  # integers too large for a float too
         return junk_text | containers | st.booleans() | st.integers(min_value=2**1024)
     if kind is str:
