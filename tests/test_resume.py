@@ -29,6 +29,7 @@ from fedmeta.server_state import STATE_FILE, ServerState, rng_states, set_rng_st
 from local_grid import LocalGrid
 
 CONFIG = {"train": {"seed": 8}, "faults": {"crash": 0.2, "byzantine": 0.1},
+          "meta": {"eval_steps": 2},
           "federation": {"num_devices": 6, "num_held_out": 1, "rounds": 6, "eval_every": 2,
                          "meta_batch": 3, "eval_episodes": 4, "fraction_train": 0.6}}
 
