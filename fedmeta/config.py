@@ -23,6 +23,10 @@ from .meta.trainer import OPTIMIZERS
 TASK_KINDS = ("sinusoid", "omniglot")
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet")
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "multi-krum")
+SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
+BYZANTINE_MODES = ("sign-flip", "scale")
+FAULT_KINDS = ("crash", "hang", "nan", "malformed", "byzantine")
 
 
 @dataclass
@@ -91,6 +95,15 @@ class FederationConfig:
     server_lr: float | None = None
     eval_every: int = 15
     eval_episodes: int = 25
+    round_timeout: float = 3600.0
+    min_good_replies: int = 1
+    short_round: str = "retry"
+    max_retries: int = 2
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2
+    norm_bound: float | None = None
+    krum_malicious: int = 1
+    krum_select: int | None = None
 
     @property
     def num_train(self) -> int:
@@ -101,6 +114,24 @@ class FederationConfig:
     def train_per_round(self) -> int:
         """How many training devices each round samples."""
         return max(int(self.num_train * self.fraction_train), self.min_train_devices)
+
+
+@dataclass
+class FaultsConfig:
+    """Simulated faulty devices (``docs/reliability.md``): the probability that a training
+    device's reply, in a round, crashes, hangs ``hang_extra_s`` past
+    ``federation.round_timeout``, is NaN/Inf, is malformed, or is Byzantine (``sign-flip``:
+    ``-factor * update``, ``scale``: ``factor * update``); at most one per reply, drawn from
+    ``(seed, round, device, attempt)``."""
+
+    crash: float = 0.0
+    hang: float = 0.0
+    nan: float = 0.0
+    malformed: float = 0.0
+    byzantine: float = 0.0
+    byzantine_mode: str = "sign-flip"
+    byzantine_factor: float = 10.0
+    hang_extra_s: float = 1.0
 
 
 @dataclass
@@ -120,6 +151,7 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -163,17 +195,22 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(name, value, "an integer")
-        if isinstance(value, int):
-            return value
         if isinstance(value, str):
             try:
-                return int(value)
+                value = int(value)
             except ValueError:
                 pass
+        if isinstance(value, int):
+            if not -2**63 <= value < 2**63:  # what TOML and Flower's ConfigRecord carry
+                raise ConfigError(name, value, "an integer within 64 bits")
+            return value
         raise ConfigError(name, value, "an integer")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                raise ConfigError(name, value, "a number within float range") from None
         if isinstance(value, str):
             try:
                 return float(value)
@@ -230,6 +267,7 @@ def _check(cfg: Config) -> None:
     if t.amplitude[0] < 0:
         raise ConfigError("task.amplitude", list(t.amplitude), "amplitudes >= 0")
     _check_federation(cfg.federation)
+    _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
 
 
@@ -258,6 +296,54 @@ def _check_federation(f: FederationConfig) -> None:
         value = getattr(f, name)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"federation.{name}", value, "a finite number > 0")
+
+
+def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:
+    """Round timeout, short rounds, robust aggregation and fault injection."""
+    choices = {"federation.short_round": (f.short_round, SHORT_ROUNDS),
+               "federation.aggregation": (f.aggregation, AGGREGATIONS),
+               "faults.byzantine_mode": (faults.byzantine_mode, BYZANTINE_MODES)}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(name, value, f"one of {list(allowed)}")
+    if not (math.isfinite(f.round_timeout) and f.round_timeout > 0):
+        raise ConfigError("federation.round_timeout", f.round_timeout,
+                          "a finite number of seconds > 0")
+    if not 1 <= f.min_good_replies <= f.train_per_round:
+        raise ConfigError("federation.min_good_replies", f.min_good_replies,
+                          f"an integer in [1, {f.train_per_round}] (the devices sampled "
+                          f"per round)")
+    if f.max_retries < 0:
+        raise ConfigError("federation.max_retries", f.max_retries, "an integer >= 0")
+    if not 0.0 <= f.trim_fraction < 0.5:
+        raise ConfigError("federation.trim_fraction", f.trim_fraction, "a number in [0, 0.5)")
+    if f.norm_bound is not None and not (math.isfinite(f.norm_bound) and f.norm_bound > 0):
+        raise ConfigError("federation.norm_bound", f.norm_bound,
+                          f'a finite number > 0, or "{AUTO}" (the median norm of the round)')
+    krum = f.aggregation == "multi-krum"  # sizes are checked against the round's if used
+    if f.krum_malicious < 0 or (krum and f.krum_malicious >= f.train_per_round):
+        raise ConfigError("federation.krum_malicious", f.krum_malicious,
+                          f"an integer in [0, {f.train_per_round}) (devices sampled per round)")
+    if f.krum_select is not None and (f.krum_select < 1 or (
+            krum and f.krum_select > f.train_per_round)):
+        raise ConfigError("federation.krum_select", f.krum_select,
+                          f'an integer in [1, {f.train_per_round}], or "{AUTO}" (the replies '
+                          f"minus federation.krum_malicious)")
+    for kind in FAULT_KINDS:
+        p = getattr(faults, kind)
+        if not 0.0 <= p <= 1.0:  # False for NaN
+            raise ConfigError(f"faults.{kind}", p, "a probability in [0, 1]")
+    total = sum(getattr(faults, kind) for kind in FAULT_KINDS)
+    if total > 1.0 + 1e-9:
+        raise ConfigError("faults", {k: getattr(faults, k) for k in FAULT_KINDS},
+                          f"probabilities summing to at most 1 (a reply fails one way at "
+                          f"most); they sum to {total:g}")
+    if not (math.isfinite(faults.byzantine_factor) and faults.byzantine_factor > 0):
+        raise ConfigError("faults.byzantine_factor", faults.byzantine_factor,
+                          "a finite number > 0")
+    if not (math.isfinite(faults.hang_extra_s) and faults.hang_extra_s >= 0):
+        raise ConfigError("faults.hang_extra_s", faults.hang_extra_s,
+                          "a finite number of seconds >= 0")
 
 
 def _check_simulation(s: SimulationConfig) -> None:

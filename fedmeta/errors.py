@@ -10,7 +10,16 @@ class ConfigError(FedmetaError, ValueError):
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}={value!r} is not allowed: expected {allowed}")
+        name = field if str(field).isprintable() else repr(field)  # one line, whatever given
+        super().__init__(f"{name}={_shown(value)} is not allowed: expected {allowed}")
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, or a description where Python refuses it (an int of > 4300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to print>"
 
 
 class DataError(FedmetaError):

@@ -13,7 +13,8 @@ from .config import Config
 from .errors import DataError
 from .plots import plot_run
 
-FILES = ("results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png")
+FILES = ("results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png",
+         "server_state.pt")
 
 
 def write_run(out: Path, frame: pd.DataFrame, cfg: Config, checkpoint: Checkpoint,
@@ -22,7 +23,8 @@ def write_run(out: Path, frame: pd.DataFrame, cfg: Config, checkpoint: Checkpoin
 
     ``results.csv`` (the tidy table, no host times), ``summary.json`` (final held-out scores
     with 95% CIs, bytes, wall time), ``config.json`` (the resolved config),
-    ``checkpoint.pt`` (read by ``fedmeta evaluate``) and ``quality.png``.
+    ``checkpoint.pt`` (read by ``fedmeta evaluate``) and ``quality.png``; the server state
+    ``server_state.pt`` (for ``fedmeta run --resume``) is written after every round by the run.
     """
     fed = cfg.federation
     try:

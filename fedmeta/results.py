@@ -4,14 +4,18 @@ One row per round and source: ``train`` (the sampled devices' scores of the meta
 received on the episodes they trained on, before and after ``meta.inner_steps`` steps of
 adaptation, weighted by episodes) and ``eval`` (held-out devices before and after
 ``meta.eval_steps`` steps, with 95% confidence intervals over their episodes). Bytes are
-those of the arrays sent to and received from devices. No host times: the table is a
-function of the config and the seed alone.
+those of the arrays sent to and received from devices. Faults (``docs/reliability.md``): the
+round's replies that timed out, crashed, were not finite or malformed (all rejected; ``dropped``
+counts the rejected replies), the Byzantine replies injected (accepted: robust aggregation's
+business), and which ``attempt`` of the round the row is with its ``status`` (``ok``,
+``retried``: too few good replies, tried again; ``skipped``: no server step). No host times:
+the table is a function of the config and the seed alone.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -20,8 +24,9 @@ from .meta.evaluation import METRICS
 
 SOURCES = ("train", "eval")  # in a round, devices train first, then held-out ones score
 SCORE_COLUMNS = tuple(c for m in METRICS for c in (m, f"{m}_ci95"))
+FAULT_COLUMNS = ("timed_out", "crashed", "non_finite", "malformed", "byzantine")
 COLUMNS = ("round", "source", "devices", "dropped", "episodes", *SCORE_COLUMNS,
-           "bytes_down", "bytes_up", "bytes_total")
+           "bytes_down", "bytes_up", "bytes_total", *FAULT_COLUMNS, "attempt", "status")
 
 
 @dataclass(frozen=True)
@@ -36,13 +41,18 @@ class Row:
     scores: dict[str, float]
     bytes_down: int
     bytes_up: int
+    faults: dict[str, int] = field(default_factory=dict)
+    attempt: int = 0
+    status: str = "ok"
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, with every score column (NaN where the source has none)."""
         return {"round": self.round, "source": self.source, "devices": self.devices,
                 "dropped": self.dropped, "episodes": self.episodes,
                 **{c: float(self.scores.get(c, math.nan)) for c in SCORE_COLUMNS},
-                "bytes_down": self.bytes_down, "bytes_up": self.bytes_up}
+                "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+                **{c: int(self.faults.get(c, 0)) for c in FAULT_COLUMNS},
+                "attempt": self.attempt, "status": self.status}
 
     def brief(self) -> str:
         """``pre -> post`` of the row's main score: accuracy, or MSE for regression."""
@@ -62,7 +72,7 @@ def table(rows: list[Row]) -> pd.DataFrame:
                                                    ignore_index=True).drop(columns="_order")
     frame["bytes_total"] = (frame["bytes_down"] + frame["bytes_up"]).cumsum()
     empty = [c for c in SCORE_COLUMNS if "acc" in c and frame[c].isna().all()]
-    return frame.drop(columns=empty)
+    return frame[[c for c in COLUMNS if c not in empty]]
 
 
 def is_regression(frame: pd.DataFrame) -> bool:

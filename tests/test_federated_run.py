@@ -62,7 +62,8 @@ def test_run_writes_every_output(runs: tuple[Path, Path, pd.DataFrame]) -> None:
 
     out = runs[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png"])
+        ["results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png",
+         "server_state.pt"])
     table = pd.read_csv(out / "results.csv")
     assert list(table[["round", "source"]].itertuples(index=False, name=None)) == [
         (0, "eval"), (1, "train"), (2, "train"), (2, "eval"), (3, "train"), (3, "eval")]

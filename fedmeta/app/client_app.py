@@ -5,7 +5,8 @@ A device learns which partition it is from its node config (``partition-id``,
 runs under the simulation engine and on real SuperNodes. Its random draws come from
 ``(seed, round, partition-id)`` alone: training episodes from ``[seed, round, pid]``,
 evaluation episodes from ``[seed, 0, pid]`` (the same at every evaluation, so rounds are
-compared on the same tasks), whatever the scheduling.
+compared on the same tasks), whatever the scheduling; injected faults (``[faults]``,
+``fedmeta.app.faults``) from ``[seed, round, pid, attempt]``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..meta import MetaLearner, build_learner
 from ..models import build_model
 from ..tasks.episode import TaskSource
 from ..tasks.factory import build_device_tasks
-from .records import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
+from . import faults
+from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
                       to_record, scores_record)
 
 PARTITION = "partition"  # the ConfigRecord of a query reply
@@ -87,12 +89,17 @@ def train(message: Message, context: Context) -> Message:
     device = device_of(message, context)
     cfg, fed = device.cfg, device.cfg.federation
     server_round = int(message.content[CONFIG][ROUND])
+    draw = (cfg.train.seed, server_round, device.partition,
+            int(message.content[CONFIG].get(ATTEMPT, 0)))
+    fault = faults.fault_of(cfg.faults, *draw)
+    faults.before_training(fault, cfg)
     rng = np.random.default_rng([cfg.train.seed, server_round, device.partition])
     update = local_meta_train(
         device.learner, to_params(message.content[ARRAYS]), device.source, rng,
         fed.local_steps, fed.local_lr, fed.meta_batch,
         adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
-    content = RecordDict({ARRAYS: to_record(update.delta),
+    delta = faults.corrupt(fault, update.delta, cfg.faults, *draw)
+    content = RecordDict({ARRAYS: to_record(delta),
                           METRICS: _means(update.scores, update.episodes)})
     return Message(content, reply_to=message)
 

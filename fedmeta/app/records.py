@@ -13,6 +13,7 @@ from ..meta import Params
 ARRAYS, CONFIG, METRICS, SCORES = "arrays", "config", "metrics", "scores"
 ROUND = "server-round"  # set by FedAvg in every round's ConfigRecord
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key: episodes used
+ATTEMPT = "attempt"  # which try of a round (retried after too few good replies), from 0
 
 
 def to_record(params: Params) -> ArrayRecord:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.app import Context
@@ -22,6 +23,7 @@ from ..federated import FEDERATED_ALGORITHMS
 from ..meta import MetaTrainer, build_learner
 from ..models import build_model
 from ..results import Row, final_table, table
+from ..server_state import ServerState, rng_states, set_rng_states
 from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
 from .records import config_record, to_record
@@ -32,8 +34,14 @@ logger = logging.getLogger("flwr.fedmeta")
 app = ServerApp()
 
 
-def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None]) -> Checkpoint:
-    """Meta-train ``cfg``'s fleet over ``grid``; return the final meta-model."""
+def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
+                   state_path: Path | None = None, resume: ServerState | None = None
+                   ) -> Checkpoint:
+    """Meta-train ``cfg``'s fleet over ``grid``; return the final meta-model.
+
+    With ``state_path``, the server state is saved there after every round; with
+    ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only).
+    """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
     tasks = build_tasks(cfg.task, seed=cfg.train.seed)
@@ -44,12 +52,32 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None]) -> Ch
         model = build_model(tasks.model, **tasks.model_kwargs)
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
+    rows: list[Row] = []
+    if resume is not None:
+        with torch.no_grad():
+            for name, value in trainer.params.items():
+                value.copy_(resume.params[name])
+        trainer.optimizer.load_state_dict(resume.optimizer)
+        set_rng_states(resume.rng)
+        rows = list(resume.rows)
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        report(row)
+
+    def end_of_round(server_round: int) -> None:
+        if state_path is not None:
+            ServerState(server_round, cfg.to_dict(), trainer.params,
+                        trainer.optimizer.state_dict(), rng_states(), rows).save(state_path)
+
     round_config = config_record(cfg, **{MODEL: tasks.model, MODEL_KWARGS: json.dumps(
         tasks.model_kwargs, sort_keys=True)})
-    FedMeta(fed, trainer, cfg.train.seed, report).start(
-        grid, to_record(trainer.params), num_rounds=fed.rounds, train_config=round_config,
+    FedMeta(fed, trainer, cfg.train.seed, record, cfg.faults).start(
+        grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
+        train_config=round_config,
         evaluate_config=config_record(cfg, **{MODEL: tasks.model,
-                                              MODEL_KWARGS: round_config[MODEL_KWARGS]}))
+                                              MODEL_KWARGS: round_config[MODEL_KWARGS]}),
+        first_round=1 if resume is None else resume.round + 1, end_of_round=end_of_round)
     return Checkpoint(algorithm.learner, tasks.model, tasks.model_kwargs, learner_kwargs,
                       trainer.params, tasks.info)
 

@@ -29,6 +29,7 @@ from ..config import Config, SimulationConfig
 from ..errors import ConfigError, FedmetaError
 from ..outputs import write_run
 from ..results import Row, summarize_run, table
+from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app
 from .server_app import run_federation
@@ -77,34 +78,41 @@ def _flower_logs(verbose: bool) -> Iterator[None]:
 
 
 def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | None = None,
-             *, progress: bool = True, verbose: bool = False) -> pd.DataFrame:
+             *, progress: bool = True, verbose: bool = False,
+             resume: ServerState | None = None) -> pd.DataFrame:
     """Run the federated config on Ray; return the tidy table of rounds (``results.table``).
 
-    With ``out``, also write every output there (``fedmeta.outputs.FILES``). The summary
+    With ``out``, also write every output there (``fedmeta.outputs.FILES``), the server
+    state (``server_state.pt``) after every round. With ``resume`` (read from a killed run's
+    ``server_state.pt``, of the same config), continue after its round. The summary
     (final held-out scores with 95% CIs, bytes, wall time) is in ``frame.attrs["summary"]``
     and the final meta-model in ``frame.attrs["checkpoint"]``.
     """
     cfg = as_config(config)
     fed = cfg.federation
+    if resume is not None and resume.config != cfg.to_dict():
+        raise ConfigError("resume", "a server state of another config",
+                          "the config the run started with (its server_state.pt holds it)")
     backend = backend_config(cfg.simulation, verbose)
     check_fleet_tasks(cfg.task, fed.num_devices, fed.num_held_out, cfg.train.seed)
-    rows: list[Row] = []
+    rows: list[Row] = list(resume.rows) if resume is not None else []
     finished: list[Checkpoint] = []
     bar = tqdm(total=fed.rounds, desc=fed.algorithm, unit="round", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, initial=resume.round if resume is not None else 0)
     latest: dict[str, str] = {}
 
     def report(row: Row) -> None:
         rows.append(row)
         latest[row.source] = row.brief()
         bar.set_postfix(latest, refresh=False)
-        bar.update(1 if row.source == "train" else 0)
+        bar.update(1 if row.source == "train" and row.status != "retried" else 0)
 
+    state_path = Path(out) / STATE_FILE if out is not None else None
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        finished.append(run_federation(grid, cfg, report))
+        finished.append(run_federation(grid, cfg, report, state_path, resume))
 
     start = time.perf_counter()
     try:

@@ -10,6 +10,11 @@ Devices are partitions: an initial ``query`` message asks every node which parti
 holds; partitions ``[0, num_train)`` train, the rest are held out and only evaluate, at
 round 0, every ``eval_every`` rounds and after the last. Sampling, reply order and hence
 every number are deterministic given the seed.
+
+Reliability (``docs/reliability.md``): bad replies are rejected and counted by kind; a round
+with fewer than ``min_good_replies`` good ones is retried on a fresh sample or skipped;
+``aggregation`` picks the (robust) rule; ``start`` can resume at a later round and calls
+``end_of_round`` after each, where the server state is saved.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -25,30 +31,36 @@ from flwr.app import (ArrayRecord, ConfigRecord, Message, MessageType, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from ..config import FederationConfig
+from ..config import FaultsConfig, FederationConfig
 from ..errors import ConfigError
 from ..meta import MetaTrainer, MetaUpdate
 from ..meta.evaluation import METRICS, summarize
 from ..results import Row
 from .client_app import PARTITION
-from .records import (ARRAYS, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND, SCORES,
-                      array_bytes, to_params, to_record)
+from .faults import fault_of
+from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
+                      SCORES, array_bytes, to_params, to_record)
+from .robust import aggregate_updates
+from .rounds import run_rounds
 
 logger = logging.getLogger("flwr.fedmeta")
 
 SAMPLING_STREAM = 0xFED5A3  # rng stream of device sampling, apart from devices' streams
 NODE_WAIT_S = 60.0  # how long to wait for every device's SuperNode to connect
+NOT_FINITE = "is not finite"  # the end of a non-finite reply's problem
 
 
 class FedMeta(FedAvg):
     """Federated meta-training over a fleet of training and held-out devices.
 
     ``trainer`` holds the meta-parameters and the server optimizer; ``report`` receives
-    one ``Row`` per round and source (``train``, ``eval``).
+    one ``Row`` per round and source (``train``, ``eval``); ``faults`` (the injected ones)
+    lets it count the Byzantine replies, which no check can tell from honest ones.
     """
 
     def __init__(self, fed: FederationConfig, trainer: MetaTrainer, seed: int,
-                 report: Callable[[Row], None] = lambda row: None) -> None:
+                 report: Callable[[Row], None] = lambda row: None,
+                 faults: FaultsConfig | None = None) -> None:
         super().__init__(fraction_train=fed.train_per_round / fed.num_train,
                          min_train_nodes=fed.train_per_round,
                          min_evaluate_nodes=fed.num_held_out,
@@ -58,6 +70,10 @@ class FedMeta(FedAvg):
         self.partitions: dict[int, int] = {}  # node id -> partition id
         self._num_rounds = fed.rounds
         self._sent: dict[tuple[str, int], int] = {}  # (source, round) -> bytes sent
+        self.faults = faults or FaultsConfig()
+        self._asked: dict[tuple[str, int], list[int]] = {}  # (source, round) -> nodes asked
+        self.attempt: dict[int, int] = {}  # round -> its latest training attempt
+        self.status: dict[int, str] = {}  # round -> status of its latest training attempt
 
     # -- which node is which device -------------------------------------------------------
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -102,36 +118,63 @@ class FedMeta(FedAvg):
         return [node for _, node in pairs]
 
     # -- training -------------------------------------------------------------------------
-    def sample(self, server_round: int) -> list[int]:
-        """The round's training nodes: a seeded draw over nodes sorted by partition."""
+    def sample(self, server_round: int, attempt: int = 0) -> list[int]:
+        """The round's training nodes: a seeded draw over nodes sorted by partition (a fresh
+        one for each retry of the round)."""
         nodes = self._nodes(held_out=False)
-        rng = np.random.default_rng([self.seed, server_round, SAMPLING_STREAM])
+        rng = np.random.default_rng([self.seed, server_round, SAMPLING_STREAM]
+                                    + ([attempt] if attempt else []))
         picked = np.sort(rng.choice(len(nodes), size=self.fed.train_per_round, replace=False))
         return [nodes[i] for i in picked]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        nodes = self.sample(server_round)
+        attempt = int(config.get(ATTEMPT, 0))
+        nodes = self.sample(server_round, attempt)
         config[ROUND] = server_round
         logger.info("round %d: training devices %s", server_round,
                     [self.partitions[n] for n in nodes])
         self._sent["train", server_round] = arrays.count_bytes() * len(nodes)
+        self._asked["train", server_round] = nodes
+        self.attempt[server_round] = attempt
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        valid = self._usable(server_round, replies, self._train_problem)
-        arrays, metrics = super().aggregate_train(server_round, valid) if valid else (None, None)
-        if arrays is not None:
+        valid, faults = self._usable(server_round, replies, self._train_problem)
+        faults["timed_out"] = self._missing("train", server_round, replies)
+        attempt = self.attempt.get(server_round, 0)
+        faults["byzantine"] = sum(
+            fault_of(self.faults, self.seed, server_round, self.partitions[m.metadata.src_node_id],
+                     attempt) == "byzantine" for m in valid)
+        bytes_up = sum(array_bytes(m.content) for m in replies if m.has_content())
+        episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
+        arrays, metrics = None, None
+        if len(valid) >= self.fed.min_good_replies:
+            arrays, metrics = aggregate_updates(
+                self.fed, server_round, valid, weighted_by_key=self.weighted_by_key,
+                arrayrecord_key=self.arrayrecord_key, configrecord_key=self.configrecord_key)
             self.trainer.step(MetaUpdate(to_params(arrays), {}))
+            status = "ok"
+        else:
+            retry = self.fed.short_round == "retry" and attempt < self.fed.max_retries
+            status = "retried" if retry else "skipped"
+            logger.warning("round %d: %d good replies of %d needed (federation."
+                           "min_good_replies): %s", server_round, len(valid),
+                           self.fed.min_good_replies, status)
+        self.status[server_round] = status
         means = {k: float(v) for k, v in (metrics or {}).items()}
         self.report(Row(server_round, "train", len(valid), len(replies) - len(valid),
-                        sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid),
-                        means, self._sent.pop(("train", server_round), 0),
-                        sum(array_bytes(m.content) for m in replies if m.has_content())))
+                        episodes, means, self._sent.pop(("train", server_round), 0), bytes_up,
+                        dict(faults), attempt, status))
         return to_record(self.trainer.params), metrics
+
+    def _missing(self, source: str, server_round: int, replies: list[Message]) -> int:
+        """How many of the devices asked did not reply before the round's timeout."""
+        asked = self._asked.pop((source, server_round), [])
+        return len(set(asked) - {m.metadata.src_node_id for m in replies})
 
     def _train_problem(self, content: RecordDict) -> str | None:
         if len(content.array_records) != 1 or ARRAYS not in content.array_records:
@@ -143,12 +186,15 @@ class FedMeta(FedAvg):
         if set(arrays.keys()) != set(params):
             return f"arrays {sorted(arrays.keys())} are not the meta-parameters {sorted(params)}"
         for key, array in arrays.items():
-            value = array.numpy()
-            if tuple(value.shape) != tuple(params[key].shape):
-                return f"array {key!r} has shape {value.shape}, expected " \
+            expected = str(params[key].dtype).removeprefix("torch.")
+            if tuple(array.shape) != tuple(params[key].shape):
+                return f"array {key!r} has shape {tuple(array.shape)}, expected " \
                        f"{tuple(params[key].shape)}"
-            if not np.isfinite(value).all():
-                return f"array {key!r} is not finite"
+            if array.dtype != expected:
+                return f"array {key!r} has dtype {array.dtype}, expected {expected}"
+        for key, array in arrays.items():
+            if not np.isfinite(array.numpy()).all():
+                return f"array {key!r} {NOT_FINITE}"
         return None
 
     # -- evaluation on held-out devices ----------------------------------------------------
@@ -163,6 +209,7 @@ class FedMeta(FedAvg):
         nodes = self._nodes(held_out=True)
         config[ROUND] = server_round
         self._sent["eval", server_round] = arrays.count_bytes() * len(nodes)
+        self._asked["eval", server_round] = nodes
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.EVALUATE)
 
@@ -171,51 +218,69 @@ class FedMeta(FedAvg):
         replies = list(replies)
         if not self.evaluates(server_round, self._num_rounds):
             return None
-        valid = self._usable(server_round, replies, _eval_problem)
+        valid, faults = self._usable(server_round, replies, _eval_problem)
+        faults["timed_out"] = self._missing("eval", server_round, replies)
         scores = {m: np.concatenate([r.content[SCORES][m].numpy() for r in valid])
                   for m in METRICS} if valid else {}
         summary = summarize(scores) if valid else {}
         self.report(Row(server_round, "eval", len(valid), len(replies) - len(valid),
                         int(summary.get("episodes", 0)), summary,
                         self._sent.pop(("eval", server_round), 0),
-                        sum(array_bytes(m.content) for m in replies if m.has_content())))
+                        sum(array_bytes(m.content) for m in replies if m.has_content()),
+                        dict(faults)))
         return MetricRecord({k: float(v) for k, v in summary.items()}) if valid else None
 
     # -- shared ---------------------------------------------------------------------------
     def _usable(self, server_round: int, replies: list[Message],
-                problem_of: Callable[[RecordDict], str | None]) -> list[Message]:
-        """Replies without error or malformed content, ordered by partition; the others
-        are dropped with a warning naming the device and the problem."""
-        usable = []
+                problem_of: Callable[[RecordDict], str | None]
+                ) -> tuple[list[Message], Counter]:
+        """Replies without error or malformed content, ordered by partition, and the count
+        of the others by kind (``crashed``, ``non_finite``, ``malformed``); those are
+        dropped with a warning naming the device and the problem."""
+        usable, faults = [], Counter()
         for reply in replies:
             node = reply.metadata.src_node_id
+            kind = "malformed"
             if node not in self.partitions:
                 problem = "it is not a known device"
             elif reply.has_error():
-                problem = f"error {reply.error.code}: {reply.error.reason}"
+                problem, kind = f"error {reply.error.code}: {reply.error.reason}", "crashed"
             else:
                 problem = problem_of(reply.content)
+                if problem and problem.endswith(NOT_FINITE):
+                    kind = "non_finite"
             if problem:
+                faults[kind] += 1
                 logger.warning("round %d: dropped the reply of device %s (node %d): %s",
                                server_round, self.partitions.get(node, "?"), node, problem)
             else:
                 usable.append(reply)
-        return sorted(usable, key=lambda r: self.partitions[r.metadata.src_node_id])
+        return sorted(usable, key=lambda r: self.partitions[r.metadata.src_node_id]), faults
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              first_round: int = 1, end_of_round: Callable[[int], None] = lambda r: None
               ) -> Result:
         """Learn which node is which device, score the initial meta-model on the held-out
-        devices (round 0), then run FedAvg's loop of rounds."""
+        devices (round 0, unless resuming at a later ``first_round``), then run the rounds
+        (``fedmeta.app.rounds``); ``evaluate_fn`` (central evaluation) is not supported."""
+        if evaluate_fn is not None:
+            raise NotImplementedError("FedMeta evaluates on held-out devices only")
         self._num_rounds = num_rounds
+        if first_round > num_rounds:
+            return Result(arrays=initial_arrays)
         self.discover(grid, timeout)
+        train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        self.aggregate_evaluate(0, grid.send_and_receive(
-            self.configure_evaluate(0, initial_arrays, evaluate_config, grid), timeout=timeout))
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
-                             evaluate_config, evaluate_fn)
+        if first_round == 1:
+            self.aggregate_evaluate(0, grid.send_and_receive(
+                self.configure_evaluate(0, initial_arrays, evaluate_config, grid),
+                timeout=timeout))
+            end_of_round(0)
+        return run_rounds(self, grid, initial_arrays, first_round, num_rounds, timeout,
+                          train_config, evaluate_config, end_of_round)
 
 
 def _metrics_problem(content: RecordDict) -> str | None:

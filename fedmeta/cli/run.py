@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 from .. import config as config_module
+from ..errors import ConfigError
 from ..federated import FEDERATED_ALGORITHMS, adapt_steps
 from ..results import final_table
+from ..server_state import STATE_FILE, ServerState
 
 DEFAULT_OUT = "runs/<algorithm>-<YYYYmmdd-HHMMSS>"
 
@@ -34,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override one field, e.g. --set federation.algorithm=fedreptile "
                         "(repeatable)")
     p.add_argument("--out", type=Path, help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue a killed run from the server state it saved after its last "
+                        "finished round (DIR/server_state.pt, with its config); outputs go "
+                        "to DIR; not with --config, --set or --out")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -41,12 +47,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the config (before Ray starts), simulate, write outputs, print the table."""
-    cfg = config_module.load(args.config, args.overrides)
+    state = None
+    if args.resume is not None:
+        given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides),
+                                          ("--out", args.out)) if value]
+        if given:
+            raise ConfigError(given[0], "given with --resume",
+                              "--resume DIR alone (the run's config is in its server state)")
+        state = ServerState.load(args.resume / STATE_FILE)
+        cfg = config_module.from_dict(state.config)
+    else:
+        cfg = config_module.load(args.config, args.overrides)
     from ..app.simulation import simulate  # Flower and Ray load only after validation
 
     fed = cfg.federation
-    out = args.out or Path("runs") / f"{fed.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    frame = simulate(cfg, out, progress=not args.no_progress, verbose=args.verbose)
+    out = args.resume or args.out or \
+        Path("runs") / f"{fed.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    frame = simulate(cfg, out, progress=not args.no_progress, verbose=args.verbose,
+                     resume=state)
     summary = frame.attrs["summary"]
     steps = adapt_steps(FEDERATED_ALGORITHMS[fed.algorithm], cfg.meta.inner_steps,
                         cfg.meta.eval_steps, evaluation=True)

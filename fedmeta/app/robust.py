@@ -1,0 +1,84 @@
+"""Robust aggregation of the devices' meta-updates (``federation.aggregation``).
+
+Every federated algorithm replies a pseudo-gradient ``theta - theta_local`` that the server
+optimizer then steps along, so one aggregation rule serves them all:
+
+- ``mean``: FedAvg's episode-weighted mean (Flower's ``FedAvg``);
+- ``median``: coordinate-wise median (Flower's ``FedMedian``, Yin et al. 2018);
+- ``trimmed-mean``: coordinate-wise mean without the ``trim_fraction`` largest and smallest
+  values (Flower's ``FedTrimmedAvg``, ``beta = trim_fraction``);
+- ``multi-krum``: the ``krum_select`` updates closest to their neighbours, assuming at most
+  ``krum_malicious`` attackers, then their weighted mean (Flower's ``MultiKrum``, Blanchard
+  et al. 2017; ``krum_select="auto"``: the replies minus ``krum_malicious``);
+- ``norm-bound``: every update scaled down to L2 norm at most ``norm_bound`` (``"auto"``: the
+  median norm of the round's updates), then the weighted mean (Sun et al. 2019, "Can you
+  really backdoor federated learning?").
+
+Norm bounding is ours: Flower's clipping wrappers (``DifferentialPrivacyServerSide*``) clip
+the difference between a reply and the global *model* and add Gaussian noise for
+differential privacy, while our replies already are updates and we want no noise and a bound
+that adapts to the algorithm's update scale (the median norm, an honest one while honest
+devices are the majority).
+
+Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
+count bytes before aggregating.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
+
+from ..config import FederationConfig
+
+
+def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
+    """The Flower strategy whose ``aggregate_train`` implements ``fed.aggregation`` for a
+    round of ``num_replies`` good replies; ``keys``: FedAvg's record and weighting keys."""
+    if fed.aggregation == "median":
+        return FedMedian(**keys)
+    if fed.aggregation == "trimmed-mean":
+        return FedTrimmedAvg(beta=fed.trim_fraction, **keys)
+    if fed.aggregation == "multi-krum":
+        select = fed.krum_select or num_replies - fed.krum_malicious
+        return MultiKrum(num_malicious_nodes=fed.krum_malicious,
+                         num_nodes_to_select=max(1, min(select, num_replies)), **keys)
+    if fed.aggregation == "norm-bound":
+        return NormBoundedMean(fed.norm_bound, **keys)
+    return FedAvg(**keys)
+
+
+def aggregate_updates(fed: FederationConfig, server_round: int, replies: list[Message],
+                      **keys: str) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    """The aggregated update and the replies' mean metrics, by ``fed.aggregation``."""
+    return aggregator(fed, len(replies), **keys).aggregate_train(server_round, replies)
+
+
+def update_norm(record: ArrayRecord) -> float:
+    """The L2 norm of every array of ``record`` taken together."""
+    return float(np.sqrt(sum(np.square(a.numpy(), dtype=np.float64).sum()
+                             for a in record.values())))
+
+
+class NormBoundedMean(FedAvg):
+    """FedAvg over updates first scaled to L2 norm at most ``bound`` (``None``: the median
+    norm of the round's updates)."""
+
+    def __init__(self, bound: float | None, **kwargs: str) -> None:
+        super().__init__(**kwargs)
+        self.bound = bound
+
+    def aggregate_train(self, server_round: int, replies: list[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        records = [m.content[self.arrayrecord_key] for m in replies]
+        norms = [update_norm(r) for r in records]
+        bound = self.bound if self.bound is not None else float(np.median(norms)) if norms \
+            else 0.0
+        for record, norm in zip(records, norms):
+            if norm > bound:
+                scale = bound / norm
+                for key in list(record.keys()):
+                    value = record[key].numpy()
+                    record[key] = Array(np.asarray(value * value.dtype.type(scale)))
+        return super().aggregate_train(server_round, replies)

@@ -1,0 +1,124 @@
+"""Robust aggregation (``federation.aggregation``): each rule against a direct numpy
+computation, Byzantine updates outvoted by every robust rule but not by the mean, and every
+rule usable with every federated algorithm."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+from fedmeta.app import client_app
+from fedmeta.app.records import to_params
+from fedmeta.app.robust import aggregate_updates, update_norm
+from fedmeta.app.server_app import run_federation
+from fedmeta.config import AGGREGATIONS, from_dict
+from fedmeta.federated import FEDERATED_ALGORITHMS
+from fedmeta.results import table
+from local_grid import LocalGrid, set_task_identity
+
+KEYS = {"weighted_by_key": "num-examples", "arrayrecord_key": "arrays",
+        "configrecord_key": "config"}
+
+
+@pytest.fixture(autouse=True)
+def setup() -> None:
+    set_task_identity()
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def fed(aggregation: str, **fields: object):
+    return from_dict({"federation": {"aggregation": aggregation, "num_devices": 12,
+                                     "num_held_out": 2, "fraction_train": 1.0,
+                                     **fields}}).federation
+
+
+def replies(updates: np.ndarray, episodes: list[int] | None = None) -> list[Message]:
+    """One reply per row of ``updates`` (each a flat 6-vector: arrays ``w`` 2x2, ``b`` 2)."""
+    out = []
+    for i, u in enumerate(updates):
+        sent = Message(RecordDict(), dst_node_id=100 + i, message_type=MessageType.TRAIN)
+        arrays = ArrayRecord.from_torch_state_dict(
+            {"w": torch.tensor(u[:4].reshape(2, 2)), "b": torch.tensor(u[4:])})
+        metrics = MetricRecord({"num-examples": (episodes or [1] * len(updates))[i]})
+        out.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=sent))
+    return out
+
+
+def flat(record: ArrayRecord) -> np.ndarray:
+    params = to_params(record)
+    return np.concatenate([params["w"].numpy().ravel(), params["b"].numpy()])
+
+
+RNG = np.random.default_rng(0)
+HONEST = RNG.normal(1.0, 0.3, size=(8, 6)).astype(np.float32)
+
+
+def test_each_rule_matches_its_definition() -> None:
+    u, w = HONEST, [1, 2, 3, 4, 1, 2, 3, 4]
+    mean = flat(aggregate_updates(fed("mean"), 1, replies(u, w), **KEYS)[0])
+    np.testing.assert_allclose(mean, np.average(u, axis=0, weights=w), rtol=1e-6)
+    median = flat(aggregate_updates(fed("median"), 1, replies(u), **KEYS)[0])
+    np.testing.assert_allclose(median, np.median(u, axis=0), rtol=1e-6)
+    trimmed = flat(aggregate_updates(fed("trimmed-mean", trim_fraction=0.25), 1, replies(u),
+                                     **KEYS)[0])
+    np.testing.assert_allclose(trimmed, np.sort(u, axis=0)[2:6].mean(axis=0), rtol=1e-6)
+    bound = 0.5
+    clipped = flat(aggregate_updates(fed("norm-bound", norm_bound=bound), 1, replies(u, w),
+                                     **KEYS)[0])
+    scale = np.minimum(1, bound / np.linalg.norm(u, axis=1))[:, None]
+    np.testing.assert_allclose(clipped, np.average(u * scale, axis=0, weights=w), rtol=1e-5)
+    auto = flat(aggregate_updates(fed("norm-bound"), 1, replies(u), **KEYS)[0])
+    norms = np.linalg.norm(u, axis=1)
+    scale = np.minimum(1, np.median(norms) / norms)[:, None]
+    np.testing.assert_allclose(auto, (u * scale).mean(axis=0), rtol=1e-5)
+
+
+def test_multi_krum_keeps_the_updates_closest_to_their_neighbours() -> None:
+    u = np.concatenate([HONEST[:6], 50 + HONEST[6:]])  # two far-away updates
+    kept = flat(aggregate_updates(fed("multi-krum", krum_malicious=2), 1, replies(u),
+                                  **KEYS)[0])
+    np.testing.assert_allclose(kept, HONEST[:6].mean(axis=0), rtol=1e-5)  # n - f = 6 kept
+    krum = flat(aggregate_updates(fed("multi-krum", krum_malicious=2, krum_select=1), 1,
+                                  replies(u), **KEYS)[0])
+    assert any(np.allclose(krum, h) for h in HONEST[:6])
+
+
+def test_update_norm_is_the_norm_of_all_arrays_together() -> None:
+    record = replies(HONEST[:1])[0].content["arrays"]
+    assert update_norm(record) == pytest.approx(float(np.linalg.norm(HONEST[0])), rel=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", [a for a in AGGREGATIONS if a != "mean"])
+def test_robust_rules_outvote_sign_flipped_updates_the_mean_follows(aggregation: str) -> None:
+    u = HONEST.copy()
+    u[:2] *= -10  # 2 of 8 devices reply -10 x their update
+    honest = HONEST[2:].mean(axis=0)
+    cosine = lambda v: float(v @ honest / np.linalg.norm(v) / np.linalg.norm(honest))
+    mean = flat(aggregate_updates(fed("mean"), 1, replies(u), **KEYS)[0])
+    # trimmed mean must cut at least the attackers' share (2/8) off each side
+    robust = flat(aggregate_updates(fed(aggregation, krum_malicious=2, trim_fraction=0.25), 1,
+                                    replies(u), **KEYS)[0])
+    assert cosine(mean) < 0  # the mean now points uphill
+    assert cosine(robust) > 0.9, aggregation
+
+
+RULE_OF = dict(zip(FEDERATED_ALGORITHMS, AGGREGATIONS * 2))  # each algorithm, one rule each
+
+
+@pytest.mark.parametrize("algorithm", FEDERATED_ALGORITHMS)
+def test_every_rule_works_with_every_federated_algorithm(algorithm: str) -> None:
+    cfg = from_dict({"train": {"seed": 2}, "faults": {"byzantine": 0.3},
+                     "federation": {"algorithm": algorithm, "aggregation": RULE_OF[algorithm],
+                                    "num_devices": 6, "num_held_out": 1, "rounds": 2,
+                                    "fraction_train": 1.0, "meta_batch": 2,
+                                    "local_steps": 1, "eval_every": 2, "eval_episodes": 2}})
+    rows: list = []
+    params = run_federation(LocalGrid(client_app.app, 6), cfg, rows.append).params
+    frame = table(rows)
+    assert (frame.query("source == 'train'")["status"] == "ok").all()
+    assert all(torch.isfinite(v).all() for v in params.values())
+    assert frame["post_loss"].notna().all()
