@@ -23,6 +23,7 @@ from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
 from ..local_update import evaluate_device, local_meta_train
 from ..meta import MetaLearner, build_learner
 from ..models import build_model
+from ..privacy.mechanism import device_release
 from ..tasks.episode import TaskSource
 from ..tasks.factory import build_device_tasks
 from .records import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
@@ -92,7 +93,9 @@ def train(message: Message, context: Context) -> Message:
         device.learner, to_params(message.content[ARRAYS]), device.source, rng,
         fed.local_steps, fed.local_lr, fed.meta_batch,
         adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
-    content = RecordDict({ARRAYS: to_record(update.delta),
+    delta = device_release(update.delta, cfg.privacy, cfg.train.seed, server_round,
+                           device.partition)
+    content = RecordDict({ARRAYS: to_record(delta),
                           METRICS: _means(update.scores, update.episodes)})
     return Message(content, reply_to=message)
 

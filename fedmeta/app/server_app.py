@@ -25,7 +25,7 @@ from ..results import Row, final_table, table
 from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
 from .records import config_record, to_record
-from .strategy import FedMeta
+from .privacy_wrap import make_strategy
 
 logger = logging.getLogger("flwr.fedmeta")
 
@@ -46,7 +46,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None]) -> Ch
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
     round_config = config_record(cfg, **{MODEL: tasks.model, MODEL_KWARGS: json.dumps(
         tasks.model_kwargs, sort_keys=True)})
-    FedMeta(fed, trainer, cfg.train.seed, report).start(
+    make_strategy(cfg, trainer, report).start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, train_config=round_config,
         evaluate_config=config_record(cfg, **{MODEL: tasks.model,
                                               MODEL_KWARGS: round_config[MODEL_KWARGS]}))

@@ -123,7 +123,7 @@ class FedMeta(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         valid = self._usable(server_round, replies, self._train_problem)
-        arrays, metrics = super().aggregate_train(server_round, valid) if valid else (None, None)
+        arrays, metrics = self.aggregate_updates(server_round, valid) if valid else (None, None)
         if arrays is not None:
             self.trainer.step(MetaUpdate(to_params(arrays), {}))
         means = {k: float(v) for k, v in (metrics or {}).items()}
@@ -132,6 +132,12 @@ class FedMeta(FedAvg):
                         means, self._sent.pop(("train", server_round), 0),
                         sum(array_bytes(m.content) for m in replies if m.has_content())))
         return to_record(self.trainer.params), metrics
+
+    def aggregate_updates(self, server_round: int, replies: list[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The mean pseudo-gradient of usable replies (FedAvg's, weighted by episodes);
+        ``privacy_wrap.PrivateFedMeta`` clips and noises here."""
+        return super().aggregate_train(server_round, replies)
 
     def _train_problem(self, content: RecordDict) -> str | None:
         if len(content.array_records) != 1 or ARRAYS not in content.array_records:
