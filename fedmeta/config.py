@@ -359,13 +359,19 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
                           "single update, so it cannot clip one)")
     if p.secure_aggregation:
         n = f.train_per_round
-        if not 2 <= p.secagg_threshold <= p.secagg_shares <= n:
+        if n < 2:
+            raise ConfigError("federation.min_train_devices", f.min_train_devices,
+                              "at least 2 devices per round under secure aggregation")
+        if p.secagg_shares < 3:
+            raise ConfigError("privacy.secagg_shares", p.secagg_shares,
+                              "an integer >= 3 (SecAgg+ neighbours, the device included)")
+        if not 2 <= p.secagg_threshold < p.secagg_shares or p.secagg_threshold > n:
             raise ConfigError("privacy.secagg_threshold", p.secagg_threshold,
-                              f"2 <= secagg_threshold <= secagg_shares="
-                              f"{p.secagg_shares} <= devices per round={n}")
-        if p.secagg_quantization_range < 2:
+                              f"an integer in [2, secagg_shares={p.secagg_shares}) and at "
+                              f"most the {n} devices per round")
+        if not 2 <= p.secagg_quantization_range < 2 ** 32:
             raise ConfigError("privacy.secagg_quantization_range",
-                              p.secagg_quantization_range, "an integer >= 2")
+                              p.secagg_quantization_range, "an integer in [2, 2**32)")
 
 
 def _resolve_auto(f: FederationConfig) -> FederationConfig:

@@ -26,13 +26,14 @@ from ..models import build_model
 from ..privacy.mechanism import device_release
 from ..tasks.episode import TaskSource
 from ..tasks.factory import build_device_tasks
+from .secagg import secagg_mod
 from .records import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
                       to_record, scores_record)
 
 PARTITION = "partition"  # the ConfigRecord of a query reply
 MODEL, MODEL_KWARGS = "model", "model-kwargs"  # round-config entries: the model template
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_mod])  # SecAgg+ rounds only; other messages pass through
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -33,11 +33,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from ..config import Config, PrivacyConfig
-from ..meta import MetaTrainer
+from ..meta import MetaTrainer, MetaUpdate
 from ..privacy import accounting
 from ..privacy.clipping import AdaptiveClip, clip, l2_norm, split_noise
 from ..privacy.mechanism import NOISE_STREAM, add_noise, generator, mean_sensitivity
 from ..results import Row
+from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
 from .strategy import FedMeta
 
@@ -121,6 +122,44 @@ class PrivateFedMeta(FedMeta):
                 [self.seed, server_round, NOISE_STREAM, 1]))
         return arrays, metrics
 
+    # -- secure aggregation ----------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """FedMeta's messages; under SecAgg+ they are kept for ``aggregate_train`` to send
+        through the protocol, and none go out in the clear."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if not self.privacy.secure_aggregation:
+            return messages
+        self._secagg_round = (grid, messages)
+        return []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if not self.privacy.secure_aggregation:
+            return super().aggregate_train(server_round, replies)
+        grid, messages = self._secagg_round
+        self._sent.pop(("train", server_round), None)  # the protocol's own bytes count
+        result = secure_mean(grid, messages, self.privacy, self.seed)
+        metrics = None
+        if result.mean is not None:
+            weights = [m[NUM_EXAMPLES] for m in result.metrics]
+            mean = result.mean
+            if self.privacy.noise == "central":
+                std = self.noise_multiplier * mean_sensitivity(self.clip_norm, weights)
+                mean = add_noise(mean, std, generator(self.seed, server_round, NOISE_STREAM))
+            self.trainer.step(MetaUpdate(mean, {}))
+            self.releases += 1
+            self.participation.update(self.partitions[n] for n in result.devices)
+            self.used_clip_norm[server_round] = self.clip_norm
+            metrics = MetricRecord({k: float(np.average([m[k] for m in result.metrics],
+                                                        weights=weights))
+                                    for k in result.metrics[0] if k != NUM_EXAMPLES})
+        self.report(Row(server_round, "train", len(result.devices),
+                        len(messages) - len(result.devices),
+                        int(sum(m[NUM_EXAMPLES] for m in result.metrics)),
+                        dict(metrics or {}), result.bytes_down, result.bytes_up))
+        return to_record(self.trainer.params), metrics
+
     # -- stopping at the target ------------------------------------------------------------
     def rounds_within_target(self, num_rounds: int) -> int:
         """Rounds that keep epsilon within ``target_epsilon`` (all of them without one).
@@ -149,7 +188,8 @@ class PrivateFedMeta(FedMeta):
 
 def make_strategy(cfg: Config, trainer: MetaTrainer,
                   report: Callable[[Row], None]) -> FedMeta:
-    """FedMeta, or PrivateFedMeta when ``cfg.privacy`` asks for clipping, noise or SecAgg+."""
+    """FedMeta, or PrivateFedMeta when ``cfg.privacy`` asks for clipping, noise or SecAgg+
+    (``fedmeta.app.secagg``)."""
     if cfg.privacy.enabled:
         return PrivateFedMeta(cfg, trainer, report)
     return FedMeta(cfg.federation, trainer, cfg.train.seed, report)
