@@ -4,6 +4,7 @@ bit for bit, and its cost in bytes is in the results."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedmeta.app import client_app
@@ -20,6 +21,15 @@ from local_grid import LocalGrid
 
 FLEET = {"num_devices": 6, "num_held_out": 2, "fraction_train": 0.75, "min_train_devices": 3,
          "eval_every": 100, "meta_batch": 2, "eval_episodes": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def config(rounds: int = 2, **privacy: object):
