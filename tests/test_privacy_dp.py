@@ -13,7 +13,7 @@ import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedmeta.app import client_app
-from fedmeta.app.privacy_wrap import PrivateFedMeta, make_strategy
+from fedmeta.app.privacy_wrap import PrivateFedMeta, make_strategy, privacy_summary
 from fedmeta.app.server_app import run_federation
 from fedmeta.config import from_dict, load
 from fedmeta.errors import ConfigError
@@ -192,3 +192,36 @@ def test_noise_needs_a_clip_and_local_noise_a_device_clip() -> None:
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):
         load(None, ["privacy.noise=central", "privacy.clipping=fixed",
                     "privacy.target_epsilon=1"])
+
+
+def test_summary_names_the_accountant_delta_and_final_epsilon() -> None:
+    cfg = config(rounds=2, clipping="fixed", noise="central", noise_multiplier=1.0,
+                 delta=1e-6)
+    _, rows, _ = run(cfg)
+    frame = table(rows)
+    summary = privacy_summary(cfg, frame)["privacy"]
+    assert summary["accountant"] == "opacus.accountants.RDPAccountant"
+    assert summary["delta"] == 1e-6 and summary["sample_rate"] == 0.5
+    assert summary["epsilon"] == frame["epsilon"].iloc[-1] > 0
+    assert summary["rounds_trained"] == 2
+    assert privacy_summary(config(), frame) == {}
+
+
+@pytest.mark.slow
+def test_a_private_secagg_run_on_ray_writes_epsilon_and_the_privacy_summary(tmp_path) -> None:
+    import json
+
+    from fedmeta.app.simulation import simulate
+    cfg = from_dict({"train": {"seed": 4}, "meta": {"eval_steps": 1},
+                     "federation": {**FLEET, "rounds": 2, "fraction_train": 0.75,
+                                    "min_train_devices": 3},
+                     "privacy": {"secure_aggregation": True, "clipping": "fixed",
+                                 "clip_on": "device", "clip_norm": 0.1, "noise": "central",
+                                 "noise_multiplier": 1.0},
+                     "simulation": {"ray_cpus": 2}})
+    frame = simulate(cfg, tmp_path, progress=False)
+    written = json.loads((tmp_path / "summary.json").read_text())["privacy"]
+    assert written["accountant"] == "opacus.accountants.RDPAccountant"
+    assert written["secure_aggregation"] and written["epsilon"] > 0
+    assert "epsilon" in (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert (frame.loc[frame["source"] == "train", "devices"] == 3).all()
