@@ -144,6 +144,41 @@ class SimulationConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Client-level differential privacy of meta-updates and secure aggregation
+    (docs/privacy.md). Off by default: no clipping, no noise, plain aggregation.
+
+    Each device's pseudo-gradient is clipped to L2 norm ``clip_norm`` (``fixed``) or to a
+    norm that tracks the ``target_quantile`` of update norms (``adaptive``, Andrew et al.
+    2021), on the server or on the ``device``; Gaussian noise of ``noise_multiplier`` times
+    the clip norm is added to the mean by the server (``central``) or to each update by its
+    device (``local``). The ``accountant`` reports epsilon at ``delta`` after every round; a
+    ``target_epsilon`` > 0 ends the run before the round that would exceed it.
+    """
+
+    clipping: str = "none"
+    clip_on: str = "server"
+    clip_norm: float = 1.0
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    noise: str = "none"
+    noise_multiplier: float = 0.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    target_epsilon: float = 0.0
+    secure_aggregation: bool = False
+    secagg_shares: int = 3
+    secagg_threshold: int = 2
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 2 ** 22
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run takes the private path at all."""
+        return self.clipping != "none" or self.noise != "none" or self.secure_aggregation
+
+
+@dataclass
 class Config:
     """A whole job's configuration, section by section."""
 
@@ -153,6 +188,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists, ``None`` as ``"auto"``), as written to
@@ -269,6 +305,7 @@ def _check(cfg: Config) -> None:
     _check_federation(cfg.federation)
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
+    _check_privacy(cfg.privacy, cfg.federation)
 
 
 def _check_federation(f: FederationConfig) -> None:
@@ -354,6 +391,73 @@ def _check_simulation(s: SimulationConfig) -> None:
     if s.ray_cpus < 0:
         raise ConfigError("simulation.ray_cpus", s.ray_cpus,
                           "an integer >= 0 (0: every CPU of this machine)")
+
+
+CLIPPINGS, CLIP_SIDES, NOISES, ACCOUNTANTS = (("none", "fixed", "adaptive"),
+                                              ("server", "device"),
+                                              ("none", "central", "local"), ("rdp", "prv"))
+
+
+def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
+    choices = {"clipping": (p.clipping, CLIPPINGS), "clip_on": (p.clip_on, CLIP_SIDES),
+               "noise": (p.noise, NOISES), "accountant": (p.accountant, ACCOUNTANTS)}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"privacy.{name}", value, f"one of {list(allowed)}")
+    if not (math.isfinite(p.noise_multiplier) and p.noise_multiplier >= 0):
+        raise ConfigError("privacy.noise_multiplier", p.noise_multiplier, "a number >= 0")
+    for name in ("clip_norm", "clip_lr", "secagg_clipping_range"):
+        value = getattr(p, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"privacy.{name}", value, "a finite number > 0")
+    if not 0.0 < p.delta < 1.0:
+        raise ConfigError("privacy.delta", p.delta, "a number in (0, 1), e.g. 1e-5")
+    if not 0.0 <= p.target_quantile <= 1.0:
+        raise ConfigError("privacy.target_quantile", p.target_quantile, "a number in [0, 1]")
+    if not (math.isfinite(p.target_epsilon) and p.target_epsilon >= 0):
+        raise ConfigError("privacy.target_epsilon", p.target_epsilon,
+                          "a finite number > 0, or 0 for no target")
+    noisy = p.noise != "none" and p.noise_multiplier > 0
+    if p.target_epsilon > 0 and not noisy:
+        raise ConfigError("privacy.target_epsilon", p.target_epsilon,
+                          "0 (no target) when no noise is added: without noise "
+                          "(privacy.noise and privacy.noise_multiplier > 0) epsilon is "
+                          "infinite")
+    if p.noise == "none" and p.noise_multiplier > 0:
+        raise ConfigError("privacy.noise", p.noise,
+                          "\"central\" or \"local\" when privacy.noise_multiplier > 0")
+    if noisy and p.clipping == "none":
+        raise ConfigError("privacy.clipping", p.clipping,
+                          "\"fixed\" or \"adaptive\" when noise is added: the noise is "
+                          "calibrated to the clip norm")
+    if p.clipping == "adaptive" and (p.clip_on == "device" or p.noise == "local"
+                                     or p.secure_aggregation):
+        raise ConfigError("privacy.clipping", p.clipping,
+                          "\"fixed\" with device-side clipping, local noise or secure "
+                          "aggregation (adaptive clipping needs every update's norm on "
+                          "the server)")
+    if p.noise == "local" and p.clip_on != "device":
+        raise ConfigError("privacy.clip_on", p.clip_on,
+                          "\"device\" with local noise (a device clips what it noises)")
+    if p.secure_aggregation and p.clipping != "none" and p.clip_on != "device":
+        raise ConfigError("privacy.clip_on", p.clip_on,
+                          "\"device\" with secure aggregation (the server never sees a "
+                          "single update, so it cannot clip one)")
+    if p.secure_aggregation:
+        n = f.train_per_round
+        if n < 2:
+            raise ConfigError("federation.min_train_devices", f.min_train_devices,
+                              "at least 2 devices per round under secure aggregation")
+        if p.secagg_shares < 3:
+            raise ConfigError("privacy.secagg_shares", p.secagg_shares,
+                              "an integer >= 3 (SecAgg+ neighbours, the device included)")
+        if not 2 <= p.secagg_threshold < p.secagg_shares or p.secagg_threshold > n:
+            raise ConfigError("privacy.secagg_threshold", p.secagg_threshold,
+                              f"an integer in [2, secagg_shares={p.secagg_shares}) and at "
+                              f"most the {n} devices per round")
+        if not 2 <= p.secagg_quantization_range < 2 ** 32:
+            raise ConfigError("privacy.secagg_quantization_range",
+                              p.secagg_quantization_range, "an integer in [2, 2**32)")
 
 
 def _resolve_auto(f: FederationConfig) -> FederationConfig:

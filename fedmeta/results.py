@@ -44,6 +44,7 @@ class Row:
     faults: dict[str, int] = field(default_factory=dict)
     attempt: int = 0
     status: str = "ok"
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. privacy's epsilon
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, with every score column (NaN where the source has none)."""
@@ -52,7 +53,7 @@ class Row:
                 **{c: float(self.scores.get(c, math.nan)) for c in SCORE_COLUMNS},
                 "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
                 **{c: int(self.faults.get(c, 0)) for c in FAULT_COLUMNS},
-                "attempt": self.attempt, "status": self.status}
+                "attempt": self.attempt, "status": self.status, **self.extra}
 
     def brief(self) -> str:
         """``pre -> post`` of the row's main score: accuracy, or MSE for regression."""
@@ -65,14 +66,16 @@ class Row:
 def table(rows: list[Row]) -> pd.DataFrame:
     """The tidy table: rows by round then source, with cumulative ``bytes_total``;
     accuracy columns are left out for regression (all NaN)."""
-    frame = pd.DataFrame([r.as_dict() for r in rows], columns=[c for c in COLUMNS
-                                                                if c != "bytes_total"])
+    extra = list(dict.fromkeys(k for r in rows for k in r.extra))
+    frame = pd.DataFrame([r.as_dict() for r in rows],
+                         columns=[c for c in COLUMNS if c != "bytes_total"] + extra)
     order = frame["source"].map(SOURCES.index)
     frame = frame.assign(_order=order).sort_values(["round", "_order"], kind="stable",
                                                    ignore_index=True).drop(columns="_order")
-    frame["bytes_total"] = (frame["bytes_down"] + frame["bytes_up"]).cumsum()
+    frame.insert(frame.columns.get_loc("bytes_up") + 1, "bytes_total",
+                 (frame["bytes_down"] + frame["bytes_up"]).cumsum())
     empty = [c for c in SCORE_COLUMNS if "acc" in c and frame[c].isna().all()]
-    return frame[[c for c in COLUMNS if c not in empty]]
+    return frame[[c for c in (*COLUMNS, *extra) if c not in empty]]
 
 
 def is_regression(frame: pd.DataFrame) -> bool:

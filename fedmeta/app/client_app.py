@@ -24,16 +24,18 @@ from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
 from ..local_update import evaluate_device, local_meta_train
 from ..meta import MetaLearner, build_learner
 from ..models import build_model
+from ..privacy.mechanism import device_release
 from ..tasks.episode import TaskSource
 from ..tasks.factory import build_device_tasks
 from . import faults
+from .secagg import secagg_mod
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS, NUM_EXAMPLES, ROUND, SCORES, to_params,
                       to_record, scores_record)
 
 PARTITION = "partition"  # the ConfigRecord of a query reply
 MODEL, MODEL_KWARGS = "model", "model-kwargs"  # round-config entries: the model template
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_mod])  # SecAgg+ rounds only; other messages pass through
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ def train(message: Message, context: Context) -> Message:
         device.learner, to_params(message.content[ARRAYS]), device.source, rng,
         fed.local_steps, fed.local_lr, fed.meta_batch,
         adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
-    delta = faults.corrupt(fault, update.delta, cfg.faults, *draw)
+    delta = device_release(update.delta, cfg.privacy, cfg.train.seed, server_round,
+                           device.partition)
+    delta = faults.corrupt(fault, delta, cfg.faults, *draw)
     content = RecordDict({ARRAYS: to_record(delta),
                           METRICS: _means(update.scores, update.episodes)})
     return Message(content, reply_to=message)

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..checkpoint import Checkpoint
 from ..config import Config, from_flat
+from ..errors import ConfigError
 from ..federated import FEDERATED_ALGORITHMS
 from ..meta import MetaTrainer, build_learner
 from ..models import build_model
@@ -27,7 +28,7 @@ from ..server_state import ServerState, rng_states, set_rng_states
 from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
 from .records import config_record, to_record
-from .strategy import FedMeta
+from .privacy_wrap import make_strategy
 
 logger = logging.getLogger("flwr.fedmeta")
 
@@ -53,6 +54,10 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
     rows: list[Row] = []
+    if resume is not None and cfg.privacy.enabled:
+        raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
+                          "state is not checkpointed, so its epsilon would be wrong; start "
+                          "the run again")
     if resume is not None:
         with torch.no_grad():
             for name, value in trainer.params.items():
@@ -72,7 +77,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
 
     round_config = config_record(cfg, **{MODEL: tasks.model, MODEL_KWARGS: json.dumps(
         tasks.model_kwargs, sort_keys=True)})
-    FedMeta(fed, trainer, cfg.train.seed, record, cfg.faults).start(
+    make_strategy(cfg, trainer, record).start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
         evaluate_config=config_record(cfg, **{MODEL: tasks.model,

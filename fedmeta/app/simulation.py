@@ -32,6 +32,7 @@ from ..results import Row, summarize_run, table
 from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app
+from .privacy_wrap import privacy_summary
 from .server_app import run_federation
 
 
@@ -128,7 +129,8 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
         raise FedmetaError("the federated run did not finish; run it again with "
                            "verbose=True (--verbose) to see Flower's and Ray's logs")
     frame = table(rows)
-    summary = summarize_run(frame, fed.algorithm, fed.rounds, wall_s)
+    summary = {**summarize_run(frame, fed.algorithm, fed.rounds, wall_s),
+               **privacy_summary(cfg, frame)}
     if out is not None:
         write_run(Path(out), frame, cfg, finished[0], summary)
     frame.attrs.update(summary=summary, checkpoint=finished[0])

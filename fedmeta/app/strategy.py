@@ -40,7 +40,7 @@ from .client_app import PARTITION
 from .faults import fault_of
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
                       SCORES, array_bytes, to_params, to_record)
-from .robust import aggregate_updates
+from .robust import aggregate_updates as robust_aggregate
 from .rounds import run_rounds
 
 logger = logging.getLogger("flwr.fedmeta")
@@ -153,9 +153,8 @@ class FedMeta(FedAvg):
         episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
         arrays, metrics = None, None
         if len(valid) >= self.fed.min_good_replies:
-            arrays, metrics = aggregate_updates(
-                self.fed, server_round, valid, weighted_by_key=self.weighted_by_key,
-                arrayrecord_key=self.arrayrecord_key, configrecord_key=self.configrecord_key)
+            arrays, metrics = self.aggregate_updates(server_round, valid)
+        if arrays is not None:
             self.trainer.step(MetaUpdate(to_params(arrays), {}))
             status = "ok"
         else:
@@ -175,6 +174,16 @@ class FedMeta(FedAvg):
         """How many of the devices asked did not reply before the round's timeout."""
         asked = self._asked.pop((source, server_round), [])
         return len(set(asked) - {m.metadata.src_node_id for m in replies})
+
+    def aggregate_updates(self, server_round: int, replies: list[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The mean pseudo-gradient of good replies by ``federation.aggregation`` (weighted
+        by episodes where the rule weighs); ``privacy_wrap.PrivateFedMeta`` clips and noises
+        here."""
+        return robust_aggregate(self.fed, server_round, replies,
+                                weighted_by_key=self.weighted_by_key,
+                                arrayrecord_key=self.arrayrecord_key,
+                                configrecord_key=self.configrecord_key)
 
     def _train_problem(self, content: RecordDict) -> str | None:
         if len(content.array_records) != 1 or ARRAYS not in content.array_records:
