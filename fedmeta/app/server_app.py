@@ -2,8 +2,10 @@
 
 ``flwr run .`` runs ``app`` with the run config of ``pyproject.toml`` (flattened
 ``section.field`` keys, overridable with ``--run-config``) and logs one line per round and
-source and the final table; ``fedmeta.simulate`` runs ``run_federation`` in its own
-ServerApp to also collect the records and the final meta-model.
+source, the final table and the tidy table as CSV after a ``results.csv:`` line (what
+``fedmeta run`` writes to ``results.csv``; on a SuperLink, ``flwr log RUN_ID`` gets it back);
+``fedmeta.simulate`` runs ``run_federation`` in its own ServerApp to also collect the
+records and the final meta-model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from .privacy_wrap import make_strategy
 logger = logging.getLogger("flwr.fedmeta")
 
 app = ServerApp()
+
+RESULTS_CSV = "results.csv:"  # heads the tidy table in the log, as `fedmeta run` writes it
 
 
 def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
@@ -99,5 +103,6 @@ def main(grid: Grid, context: Context) -> None:
                     row.devices, row.brief(), row.bytes_down, row.bytes_up)
 
     run_federation(grid, cfg, report)
-    logger.info("%s on held-out devices:\n%s", cfg.federation.algorithm,
-                final_table(table(rows)))
+    frame = table(rows)
+    logger.info("%s on held-out devices:\n%s", cfg.federation.algorithm, final_table(frame))
+    logger.info("%s\n%s", RESULTS_CSV, frame.to_csv(index=False, lineterminator="\n"))
