@@ -15,6 +15,7 @@ import torch
 from fedmeta.checkpoint import Checkpoint
 from fedmeta.errors import ConfigError
 from fedmeta.export import export, meta_model, script
+from fedmeta.export.quantize import inference_model, quantize, serialized_bytes
 from fedmeta.meta import build_learner
 from fedmeta.models import build_model
 
@@ -112,3 +113,21 @@ def test_adaptation_under_no_grad_and_protonet_are_refused() -> None:
         program(ep["support_x"], ep["support_y"], ep["query_x"])
     with pytest.raises(ConfigError, match="adapts by gradient steps"):
         meta_model(checkpoint("conv4", "protonet"))
+
+
+@pytest.mark.parametrize("model", ["conv4", "mlp"])
+def test_int8_quantisation_of_an_adapted_model(model: str) -> None:
+    ck, ep = checkpoint(model, "maml"), episode(model)
+    learner = ck.learner()
+    fast = {k: v.detach() for k, v in learner.adapt(dict(ck.params), ep["support_x"],
+                                                    ep["support_y"], 5).items()}
+    frozen = inference_model(ck, fast, ep["support_x"])
+    with torch.no_grad():
+        # on the support set itself, statistics frozen to it are the batch's own
+        torch.testing.assert_close(frozen(ep["support_x"]),
+                                   learner.predict(fast, ep["support_x"]), rtol=1e-4, atol=1e-4)
+        int8 = quantize(frozen, ep["support_x"])
+        reference, quantized = frozen(ep["query_x"]), int8(ep["query_x"])
+    assert serialized_bytes(int8) < serialized_bytes(frozen)
+    error = float((quantized - reference).abs().max() / reference.abs().max())
+    assert 0 < error < 0.1, error  # int8 rounding: visible, small
