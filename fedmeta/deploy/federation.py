@@ -90,13 +90,11 @@ def _register(folder: Path, connection: str, public_keys: list[Path]) -> None:
     failed = [(key, out) for key, proc, out in zip(public_keys, running, outputs)
               if proc.returncode != 0]
     if failed:
-        down(folder)
         key, out = failed[0]
         raise FedmetaError(f"flwr supernode register {key} {connection} failed:\n{out}")
 
 
-def _fail(federation: Federation, message: str, log: Path) -> None:
-    down(Path(federation.folder))
+def _fail(message: str, log: Path) -> None:
     raise FedmetaError(f"{message}; the end of {log}:\n{processes.log_tail(log)}")
 
 
@@ -112,6 +110,15 @@ def up(folder: str | Path, nodes: int, *, insecure: bool = False,
     if processes.marked(folder):
         raise FedmetaError(f"a federation is already running in {folder}; stop it with "
                            f"`fedmeta deploy down --dir {folder}`")
+    try:
+        return _start(folder, nodes, insecure, connection, timeout)
+    except BaseException:  # failed or interrupted: leave nothing running
+        down(folder)
+        raise
+
+
+def _start(folder: Path, nodes: int, insecure: bool, connection: str,
+           timeout: float) -> Federation:
     logs, homes = folder / "logs", folder / "homes"
     tls = None
     if not insecure:
@@ -138,7 +145,7 @@ def up(folder: str | Path, nodes: int, *, insecure: bool = False,
     if not processes.wait_until(lambda: processes.listening(HOST, port)
                                 or superlink.poll() is not None, timeout) \
             or superlink.poll() is not None:
-        _fail(federation, "the SuperLink did not start", logs / "superlink.log")
+        _fail("the SuperLink did not start", logs / "superlink.log")
     if creating is not None:
         creating.wait(timeout=120)
     federation.flower_config = str(add_connection(connection, address,
@@ -168,7 +175,7 @@ def up(folder: str | Path, nodes: int, *, insecure: bool = False,
     if not processes.wait_until(lambda: dead() is not None or all(map(joined, range(nodes))),
                                 timeout) or dead() is not None:
         late = dead() if dead() is not None else next(i for i in range(nodes) if not joined(i))
-        _fail(federation, f"SuperNode {late} did not join within {timeout:.0f} s",
+        _fail(f"SuperNode {late} did not join within {timeout:.0f} s",
               logs / f"supernode-{late}.log")
     return federation
 
