@@ -65,7 +65,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         up = fedmeta_cli(env, "deploy", "local", "--nodes", "2", "--dir", str(folder),
                          "--connection", CONNECTION)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "(TLS and SuperNode authentication), 2 SuperNodes online" in up.stdout
+        assert "with TLS and SuperNode authentication; 2 SuperNodes online" in up.stdout
         state = json.loads((folder / "federation.json").read_text())
         yield Deployed(folder, env, state["address"], folder / "certs" / "ca.crt",
                        state["supernode_pids"])

@@ -95,11 +95,11 @@ def local(args: argparse.Namespace) -> int:
 
     fed = up(args.dir, args.nodes, insecure=args.insecure, connection=args.connection,
              timeout=args.timeout)
-    security = "INSECURE (no TLS, no SuperNode authentication)" if fed.insecure else \
-        "TLS and SuperNode authentication"
+    security = "INSECURE: without TLS and SuperNode authentication" if fed.insecure else \
+        "with TLS and SuperNode authentication"
     n = len(fed.supernode_pids)
     small = " federation.min_train_devices=1" if n < 3 else ""
-    print(f"SuperLink on {fed.address} ({security}), {n} SuperNodes online; logs in "
+    print(f"SuperLink on {fed.address} {security}; {n} SuperNodes online; logs in "
           f"{Path(fed.folder) / 'logs'}\n"
           f"connection '{fed.connection}' written to {fed.flower_config}\n"
           f"run:  flwr run . {fed.connection} --stream --run-config "
