@@ -10,8 +10,8 @@ For each run folder (``fedmeta train --out DIR``: checkpoint.pt + config.json) i
     int8         that model quantised (Conv4: static FX, x86, calibrated on the support set;
                  MLP: dynamic int8 linear layers; fedmeta.export.quantize)
 
-and reports means with 95% CIs and the paired change int8 - float32 BN. Latencies are
-medians on this CPU with one thread (an edge device has few cores): the exported
+and reports means with 95% CIs and the paired change int8 - float32 BN. Everything runs on
+one CPU thread (an edge device has few cores); latencies are medians: the exported
 TorchScript program adapting on one support set, and one query-set forward pass per model.
 
     python benchmarks/edge_export.py --run runs/edge_omniglot --run runs/edge_sinusoid
@@ -89,20 +89,15 @@ def bench_run(run: Path, episodes: int, seed: int) -> dict[str, Any]:
             scores["int8"].append(score(quantize(frozen, ep.support_x)(ep.query_x), ep.query_y,
                                         regression))
 
-    # sizes and latencies on the last episode, one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            info = export(ck, folder)
-            program = torch.jit.load(str(Path(folder) / info["program"]))
-            adapt_ms = median_ms(lambda: program.adapt(ep.support_x, ep.support_y, steps), 20)
-        quantized = quantize(frozen, ep.support_x)
-        with torch.no_grad():
-            float_ms = median_ms(lambda: frozen(ep.query_x), 200)
-            int8_ms = median_ms(lambda: quantized(ep.query_x), 200)
-    finally:
-        torch.set_num_threads(threads)
+    # sizes, and latencies on the last episode
+    with tempfile.TemporaryDirectory() as folder:
+        info = export(ck, folder)
+        program = torch.jit.load(str(Path(folder) / info["program"]))
+        adapt_ms = median_ms(lambda: program.adapt(ep.support_x, ep.support_y, steps), 20)
+    quantized = quantize(frozen, ep.support_x)
+    with torch.no_grad():
+        float_ms = median_ms(lambda: frozen(ep.query_x), 200)
+        int8_ms = median_ms(lambda: quantized(ep.query_x), 200)
     metric = "MSE" if regression else "accuracy"
     summary = {name: dict(zip(("mean", "ci95"), mean_ci95(np.array(v))))
                for name, v in scores.items()}
@@ -122,8 +117,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         return f"{s['mean']:.{digits}f} ± {s['ci95']:.{digits}f}"
 
     lines = ["# The meta-model on the edge: export and int8 quantisation", "",
-             f"{meta['date']}, torch {meta['torch']}, {meta['cpu']}, latencies with 1 thread "
-             f"(medians). Written by `benchmarks/edge_export.py`; see docs/deployment.md.", "",
+             f"{meta['date']}, torch {meta['torch']} ({meta['quantized_engine']} int8 "
+             f"kernels), {meta['cpu']}, all on one CPU thread, latencies are medians. Written "
+             f"by `benchmarks/edge_export.py {meta['args']}`; see docs/deployment.md.", "",
              "| task (model, learner) | metric | episodes | float32 (fedmeta) | float32, BN "
              "frozen to support | int8 | int8 - float32 BN (paired) |",
              "|---|---|---|---|---|---|---|"]
@@ -153,11 +149,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", type=Path, default=RESULTS / "edge_export")
     args = p.parse_args()
+    torch.set_num_threads(1)  # an edge device has few cores; and stable timings
     torch.manual_seed(args.seed)
     rows = [bench_run(run, args.episodes, args.seed) for run in args.runs]
     meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "cpu": cpu_name(),
-            "quantized_engine": torch.backends.quantized.engine}
+            "quantized_engine": torch.backends.quantized.engine,
+            "args": " ".join(f"--run {run}" for run in args.runs) + f" --episodes {args.episodes}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows},
                                                         indent=2) + "\n")
