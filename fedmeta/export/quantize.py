@@ -35,7 +35,8 @@ from ..meta.metasgd import LR_PREFIX
 @contextmanager
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
-        for pattern in (r"torch\.ao\.quantization", r"torch\.quantize_per_tensor"):
+        for pattern in (r"torch\.ao\.quantization", r"torch\.quantize_per_tensor",
+                        r"reduce_range will be deprecated"):
             warnings.filterwarnings("ignore", message=f".*{pattern}")
         yield
 
