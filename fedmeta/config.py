@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from .errors import ConfigError
+from . import fleet as fleet_module
 from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
@@ -179,6 +180,27 @@ class PrivacyConfig:
 
 
 @dataclass
+class FleetConfig:
+    """A heterogeneous edge fleet with round deadlines (``fedmeta.fleet``, docs/fleet.md).
+
+    Off while ``tiers`` is empty. ``tiers``: ``"profile:share:spread[:availability], ..."``;
+    ``deadline_s``: simulated seconds per round (0: none, only with ``policy="wait"``);
+    ``policy``: ``partial`` (devices shrink their work to fit), ``drop`` (late replies are
+    dropped) or ``wait`` (the round waits for the slowest); ``fallback``: what second-order
+    MAML becomes where it does not fit memory; ``compression`` of updates (``topk`` keeps
+    ``topk_fraction`` of the entries).
+    """
+
+    tiers: str = ""
+    profiles_file: str = ""
+    deadline_s: float = 0.0
+    policy: str = "partial"
+    fallback: str = "fomaml"
+    compression: str = "none"
+    topk_fraction: float = 0.01
+
+
+@dataclass
 class Config:
     """A whole job's configuration, section by section."""
 
@@ -189,6 +211,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists, ``None`` as ``"auto"``), as written to
@@ -306,6 +329,7 @@ def _check(cfg: Config) -> None:
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
     _check_privacy(cfg.privacy, cfg.federation)
+    _check_fleet(cfg)
 
 
 def _check_federation(f: FederationConfig) -> None:
@@ -458,6 +482,30 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
         if not 2 <= p.secagg_quantization_range < 2 ** 32:
             raise ConfigError("privacy.secagg_quantization_range",
                               p.secagg_quantization_range, "an integer in [2, 2**32)")
+
+
+def _check_fleet(cfg: Config) -> None:
+    f = cfg.fleet
+    choices = {"fleet.policy": (f.policy, fleet_module.POLICIES),
+               "fleet.fallback": (f.fallback, fleet_module.FALLBACKS),
+               "fleet.compression": (f.compression, fleet_module.COMPRESSIONS)}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(name, value, f"one of {sorted(allowed)}")
+    if not (math.isfinite(f.deadline_s) and f.deadline_s >= 0):
+        raise ConfigError("fleet.deadline_s", f.deadline_s, "a number >= 0 (simulated s)")
+    if not 0.0 < f.topk_fraction <= 1.0:
+        raise ConfigError("fleet.topk_fraction", f.topk_fraction, "a number in (0, 1]")
+    if not fleet_module.enabled(cfg):
+        if f.compression != "none" or f.deadline_s:
+            raise ConfigError("fleet.tiers", f.tiers, "tiers of devices, e.g. "
+                              "\"raspberry-pi-4:0.5:0.2, phone:0.5:0.3\", for a deadline or "
+                              "compression")
+        return
+    fleet_module.check(cfg)
+    if f.policy != "wait" and f.deadline_s == 0:
+        raise ConfigError("fleet.deadline_s", f.deadline_s,
+                          f"a deadline > 0 for policy {f.policy!r} (or policy \"wait\")")
 
 
 def _resolve_auto(f: FederationConfig) -> FederationConfig:

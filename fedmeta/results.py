@@ -98,7 +98,9 @@ def summarize_run(frame: pd.DataFrame, algorithm: str, rounds: int,
     return {"algorithm": algorithm, "rounds": rounds, "final_round": int(final["round"]),
             "held_out_episodes": int(final["episodes"]), **scores,
             "bytes_down": int(frame["bytes_down"].sum()),
-            "bytes_up": int(frame["bytes_up"].sum()), "wall_s": round(wall_s, 2)}
+            "bytes_up": int(frame["bytes_up"].sum()), "wall_s": round(wall_s, 2),
+            **({"sim_time_s": float(frame["sim_time_s"].max())}  # with a fleet
+               if "sim_time_s" in frame else {})}
 
 
 def _json_float(value: float) -> float | None:

@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 
 from ..config import Config, from_flat
 from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
+from ..fleet import FleetRun, enabled as fleet_enabled
 from ..local_update import evaluate_device, local_meta_train
 from ..meta import MetaLearner, build_learner
 from ..models import build_model
@@ -47,6 +48,7 @@ class Device:
     algorithm: FederatedAlgorithm
     learner: MetaLearner
     source: TaskSource
+    fleet: FleetRun | None = None  # the run's fleet: this device's local plan, compression
 
 
 @lru_cache(maxsize=4)
@@ -59,7 +61,22 @@ def _device(partition: int, num_partitions: int, flat: tuple, model: str,
                             eval_steps=cfg.meta.eval_steps)
     source = build_device_tasks(cfg.task, partition, num_partitions,
                                 cfg.federation.num_held_out, seed=cfg.train.seed)
-    return Device(partition, cfg, algorithm, learner, source)
+    fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None
+    return Device(partition, cfg, algorithm, learner, source, fleet)
+
+
+_FLEET: dict[tuple, FleetRun] = {}  # the run's fleet, built once per process
+
+
+def _fleet(flat: tuple, model: str, model_kwargs: str, learner: MetaLearner,
+           source: TaskSource) -> FleetRun:
+    """The run's ``FleetRun`` (the same for every device, keyed by config and model)."""
+    key = (flat, model, model_kwargs)
+    if key not in _FLEET:
+        _FLEET.clear()
+        _FLEET[key] = FleetRun.from_config(from_flat(dict(flat)), learner,
+                                           source.sample(np.random.default_rng(0)))
+    return _FLEET[key]
 
 
 def device_of(message: Message, context: Context) -> Device:
@@ -96,12 +113,19 @@ def train(message: Message, context: Context) -> Message:
     fault = faults.fault_of(cfg.faults, *draw)
     faults.before_training(fault, cfg)
     rng = np.random.default_rng([cfg.train.seed, server_round, device.partition])
+    learner, steps, meta_batch = device.learner, fed.local_steps, fed.meta_batch
+    if device.fleet is not None:  # the device's local plan under its budget
+        plan = device.fleet.plan(device.partition)
+        learner = device.fleet.learner(plan, learner)
+        steps, meta_batch = plan.local_steps, plan.meta_batch
     update = local_meta_train(
-        device.learner, to_params(message.content[ARRAYS]), device.source, rng,
-        fed.local_steps, fed.local_lr, fed.meta_batch,
-        adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
+        learner, to_params(message.content[ARRAYS]), device.source, rng, steps,
+        fed.local_lr, meta_batch,
+        adapt_steps(device.algorithm, learner.inner_steps, cfg.meta.eval_steps, False))
     delta = device_release(update.delta, cfg.privacy, cfg.train.seed, server_round,
                            device.partition)
+    if device.fleet is not None:  # what the server decodes after fleet.compression
+        delta = device.fleet.encode(delta)
     delta = faults.corrupt(fault, delta, cfg.faults, *draw)
     content = RecordDict({ARRAYS: to_record(delta),
                           METRICS: _means(update.scores, update.episodes)})

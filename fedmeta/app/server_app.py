@@ -10,11 +10,13 @@ records and the final meta-model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -23,6 +25,7 @@ from ..checkpoint import Checkpoint
 from ..config import Config, from_flat
 from ..errors import ConfigError
 from ..federated import FEDERATED_ALGORITHMS
+from ..fleet import FleetRun, enabled as fleet_enabled
 from ..meta import MetaTrainer, build_learner
 from ..models import build_model
 from ..results import Row, final_table, table
@@ -70,7 +73,14 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         set_rng_states(resume.rng)
         rows = list(resume.rows)
 
+    fleet = FleetRun.from_config(cfg, learner, tasks.train.sample(np.random.default_rng(0))) \
+        if fleet_enabled(cfg) else None
+    if fleet is not None and rows:  # resumed: the clock goes on from the last round
+        fleet.elapsed_s = max(r.extra.get("sim_time_s", 0.0) for r in rows)
+
     def record(row: Row) -> None:
+        if fleet is not None and row.source == "train":  # the round's simulated clock
+            row = dataclasses.replace(row, extra={**row.extra, **fleet.columns(row.round)})
         rows.append(row)
         report(row)
 
@@ -81,7 +91,9 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
 
     round_config = config_record(cfg, **{MODEL: tasks.model, MODEL_KWARGS: json.dumps(
         tasks.model_kwargs, sort_keys=True)})
-    make_strategy(cfg, trainer, record).start(
+    strategy = make_strategy(cfg, trainer, record)
+    strategy.fleet = fleet
+    strategy.start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
         evaluate_config=config_record(cfg, **{MODEL: tasks.model,

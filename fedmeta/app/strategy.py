@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from ..config import FaultsConfig, FederationConfig
 from ..errors import ConfigError
+from ..fleet import FleetRun
 from ..meta import MetaTrainer, MetaUpdate
 from ..meta.evaluation import METRICS, summarize
 from ..results import Row
@@ -55,8 +56,12 @@ class FedMeta(FedAvg):
 
     ``trainer`` holds the meta-parameters and the server optimizer; ``report`` receives
     one ``Row`` per round and source (``train``, ``eval``); ``faults`` (the injected ones)
-    lets it count the Byzantine replies, which no check can tell from honest ones.
+    lets it count the Byzantine replies, which no check can tell from honest ones. With a
+    ``fleet`` (``fedmeta.fleet.FleetRun``), rounds sample only available devices and skip
+    those its policy drops.
     """
+
+    fleet: FleetRun | None = None
 
     def __init__(self, fed: FederationConfig, trainer: MetaTrainer, seed: int,
                  report: Callable[[Row], None] = lambda row: None,
@@ -122,6 +127,10 @@ class FedMeta(FedAvg):
         """The round's training nodes: a seeded draw over nodes sorted by partition (a fresh
         one for each retry of the round)."""
         nodes = self._nodes(held_out=False)
+        if self.fleet is not None:
+            kept = set(self.fleet.select(server_round, [self.partitions[n] for n in nodes],
+                                         self.fed.train_per_round, attempt))
+            return [n for n in nodes if self.partitions[n] in kept]
         rng = np.random.default_rng([self.seed, server_round, SAMPLING_STREAM]
                                     + ([attempt] if attempt else []))
         picked = np.sort(rng.choice(len(nodes), size=self.fed.train_per_round, replace=False))

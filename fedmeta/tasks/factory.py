@@ -68,7 +68,7 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
     held_out = device >= num_devices - num_held_out
     group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
         else (device, num_devices - num_held_out)
-    return _omniglot_group(task, seed, held_out, size)[group]
+    return _omniglot_group(task, seed, held_out, size, only=group)[0]
 
 
 def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int = 0) -> None:
@@ -79,9 +79,10 @@ def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int 
         _omniglot_group(task, seed, True, num_held_out)
 
 
-def _omniglot_group(task: Any, seed: int, held_out: bool, size: int
+def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int | None = None
                     ) -> list[FewShotTaskSource]:
-    """The task sources of the training (or held-out) devices, split by ``task.partition``."""
+    """The task sources of the training (or held-out) devices, split by ``task.partition``
+    (``only``: just that device's, so building one device costs one device's images)."""
     data = _omniglot_split(task, seed)[1 if held_out else 0]
     what = "held-out" if held_out else "training"
     try:
@@ -96,6 +97,7 @@ def _omniglot_group(task: Any, seed: int, held_out: bool, size: int
                           f"{what} devices that {task.partition} partition can give "
                           f"({exc.allowed})") from None
     try:
+        parts = parts if only is None else [parts[only]]
         return device_task_sources(data, parts, task.n_way, task.k_shot, task.q_query,
                                    rotations=task.rotations and not held_out,
                                    augment=task.augment and not held_out)

@@ -1,0 +1,278 @@
+"""Scale of federated runs on Flower's simulation engine (Ray): fleets of 100, 1,000 and
+10,000 devices, 10% of them sampled per round.
+
+For each task and fleet size, one run in a fresh process (so memory peaks do not mix):
+
+- per-round host time: wall time between consecutive rounds' training records, over the
+  rounds after the first (Ray's workers start and devices' first builds fall in round 1)
+  that have no evaluation;
+- peak memory: the RSS of the whole process tree (driver, Ray's GCS, raylet and workers),
+  summed and sampled every 0.2 s by a thread; also the driver's and the largest worker's;
+- overhead share: ``1 - meta / round``, where ``meta`` is the devices' own meta-learning
+  time (the same ``local_meta_train`` calls, same devices, rounds and seeds, timed in this
+  process single-threaded) divided by the number of Ray workers that ran them;
+- the Ray workers: how many ``ClientAppActor`` processes the run had at most.
+
+Evaluation (held-out devices) runs at round 0 and after the last round only and is not
+timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
+
+    python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
+                                     [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HELD_OUT = 2
+
+
+def fleet_config(task: str, size: int, rounds: int) -> dict[str, Any]:
+    """A fleet of ``size`` devices, ``size // 10`` sampled per round, evaluation only at
+    round 0 and after the last."""
+    federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
+                  "fraction_train": 0.0, "min_train_devices": size // 10,
+                  "eval_every": rounds, "eval_episodes": 5, "meta_batch": 10}
+    config: dict[str, Any] = {"federation": federation,
+                              "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1}}
+    if task == "omniglot":
+        config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
+                          "partition": "dirichlet", "dirichlet_alpha": 1.0, "augment": True,
+                          "data_dir": os.environ.get("FEDMETA_OMNIGLOT_DIR", "")}
+        federation.update(meta_batch=4, algorithm="fedmeta-maml")
+        config["meta"] = {"inner_lr": 0.4, "inner_steps": 1, "eval_steps": 1}
+    return config
+
+
+class TreeMemory:
+    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s, self.peak, self.driver_peak, self.worker_peak = every_s, 0, 0, 0
+        self.actors = 0
+        self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a worker, CPU s so far)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total, actors = 0, 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    rss = proc.memory_info().rss
+                    is_actor = "ClientAppActor" in " ".join(proc.cmdline())
+                    cpu = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                self.cpu[proc.pid] = (is_actor, cpu.user + cpu.system)
+                total += rss
+                if is_actor:
+                    actors += 1
+                    self.worker_peak = max(self.worker_peak, rss)
+            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
+            self.peak, self.actors = max(self.peak, total), max(self.actors, actors)
+            self._stop.wait(self.every_s)
+
+    def cpu_seconds(self, workers: bool) -> float:
+        """CPU seconds of the workers (or of every other process: driver, GCS, raylet)."""
+        return sum(s for is_actor, s in self.cpu.values() if is_actor == workers)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
+    """One federated run on the simulation engine; the times of its records."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+    import ray
+
+    from fedmeta.app import client_app
+    from fedmeta.app.server_app import run_federation
+    from fedmeta.app.simulation import _flower_logs, as_config, backend_config
+
+    cfg = as_config(config)
+    marks: list[tuple[int, str, float]] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg, lambda row: marks.append(
+            (row.round, row.source, time.perf_counter())))
+
+    start = time.perf_counter()
+    with TreeMemory() as memory, _flower_logs(False):
+        try:
+            run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
+                           backend_config=backend_config(cfg.simulation, False))
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+    wall = time.perf_counter() - start
+    train = {r: t for r, source, t in marks if source == "train"}
+    evals = {r for r, source, _ in marks if source == "eval"}
+    first_eval = next(t for r, source, t in marks if source == "eval" and r == 0)
+    steady = {r: train[r] - train[r - 1] for r in sorted(train)
+              if r >= 2 and (r - 1) not in evals}
+    return {"wall_s": wall, "startup_s": first_eval - start,
+            "round1_s": train[1] - first_eval, "round_s": steady,
+            "peak_rss_mb": memory.peak / 2**20, "driver_peak_rss_mb": memory.driver_peak / 2**20,
+            "worker_peak_rss_mb": memory.worker_peak / 2**20, "ray_workers": memory.actors,
+            "cpu_s_workers": memory.cpu_seconds(True), "cpu_s_others": memory.cpu_seconds(False)}
+
+
+def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int, float]:
+    """The summed single-threaded time of the sampled devices' ``local_meta_train`` calls in
+    each of ``rounds`` (the same devices, seeds and work as on Ray)."""
+    from fedmeta.app.simulation import as_config
+    from fedmeta.app.strategy import SAMPLING_STREAM
+    from fedmeta.federated import FEDERATED_ALGORITHMS, adapt_steps
+    from fedmeta.local_update import local_meta_train
+    from fedmeta.meta import build_learner
+    from fedmeta.tasks.factory import build_device_tasks, build_tasks
+
+    torch.set_num_threads(1)
+    cfg = as_config(config)
+    fed = cfg.federation
+    algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
+    tasks = build_tasks(cfg.task, seed=cfg.train.seed)
+    from fedmeta.models import build_model
+    learner = build_learner(algorithm.learner, build_model(tasks.model, **tasks.model_kwargs),
+                            inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
+                            eval_steps=cfg.meta.eval_steps)
+    params = learner.init_params()
+    score_steps = adapt_steps(algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False)
+    out = {}
+    for r in rounds:
+        rng = np.random.default_rng([cfg.train.seed, r, SAMPLING_STREAM])
+        picked = np.sort(rng.choice(fed.num_train, size=fed.train_per_round, replace=False))
+        total = 0.0
+        for p in picked:
+            source = build_device_tasks(cfg.task, int(p), fed.num_devices, fed.num_held_out,
+                                        seed=cfg.train.seed)
+            device_rng = np.random.default_rng([cfg.train.seed, r, int(p)])
+            start = time.perf_counter()
+            local_meta_train(learner, params, source, device_rng, fed.local_steps,
+                             fed.local_lr, fed.meta_batch, score_steps)
+            total += time.perf_counter() - start
+        out[r] = total
+    return out
+
+
+def one(task: str, size: int, rounds: int) -> dict[str, Any]:
+    """Measure one task and fleet size (run in a fresh process by ``main``)."""
+    config = fleet_config(task, size, rounds)
+    ray_run = run_on_ray(config)
+    steady = {int(r): s for r, s in ray_run["round_s"].items()}
+    meta = meta_learning_seconds(config, sorted(steady))
+    workers = max(ray_run["ray_workers"], 1)
+    shares = [1 - meta[r] / workers / steady[r] for r in steady]
+    return {"task": task, "devices": size, "per_round": size // 10, "rounds": rounds,
+            **ray_run, "round_s": statistics.median(steady.values()),
+            "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
+            "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
+            "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * (size // 10)),
+            "overhead_share": statistics.median(shares)}
+
+
+def write(results: list[dict[str, Any]], started: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fleet_scale.json").write_text(json.dumps(
+        {"started": started, "host": host(), "results": results}, indent=2) + "\n")
+    lines = ["# Fleet scale on Flower's simulation engine (Ray)", "",
+             f"{started}: {host()}.", "",
+             *([f"Rows measured at other times: {sorted({r['started'] for r in results})}.", ""]
+               if len({r.get('started') for r in results}) > 1 else []),
+             "10% of the fleet sampled per round; one run per row in a fresh process; "
+             "per-round times are the median over rounds 2..R (round 1 starts the workers); "
+             "overhead share = 1 - (devices' meta-learning time, single-threaded, / Ray "
+             "workers) / round time.", "",
+             "| task | devices | per round | Ray workers | start-up s | round 1 s | "
+             "round s (median) | device meta-learning ms | overhead share | peak RSS tree MB "
+             "| driver MB | largest worker MB | wall s | CPU s workers / others |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['task']} | {r['devices']} | {r['devices'] // 10} | "
+                         f"failed: {r['error']} ||||||||||")
+            continue
+        lines.append(
+            f"| {r['task']} | {r['devices']} | {r['per_round']} | {r['ray_workers']} | "
+            f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
+            f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}% | "
+            f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
+            f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
+            f"{r.get('cpu_s_workers', float('nan')):.0f} / "
+            f"{r.get('cpu_s_others', float('nan')):.0f} |")
+    lines += ["", "Rerun: `python benchmarks/fleet_scale.py` (see its docstring for options).",
+              ""]
+    (RESULTS / "fleet_scale.md").write_text("\n".join(lines))
+
+
+def host() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, "
+            f"load average at start {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--tasks", nargs="+", default=["sinusoid"],
+                        choices=["sinusoid", "omniglot"])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the recorded rows of task and size pairs not measured now")
+    parser.add_argument("--one", nargs=2, metavar=("TASK", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds)))
+        return
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    results: list[dict[str, Any]] = []
+    measured = {(t, s) for t in args.tasks for s in args.sizes}
+    previous = RESULTS / "fleet_scale.json"
+    if args.keep and previous.exists():
+        old = json.loads(previous.read_text())
+        results = [dict(r, started=r.get("started", old["started"]))
+                   for r in old["results"] if (r["task"], r["devices"]) not in measured]
+    for task in args.tasks:
+        for size in args.sizes:
+            proc = subprocess.run([sys.executable, __file__, "--one", task, str(size),
+                                   "--rounds", str(args.rounds)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            else:
+                results.append({"task": task, "devices": size,
+                                "error": proc.stderr.strip().splitlines()[-1][:200]})
+            print(json.dumps(results[-1]), flush=True)
+            results[-1]["started"] = started
+            write(sorted(results, key=lambda r: (r["task"], r["devices"])), started)
+
+
+if __name__ == "__main__":
+    main()
