@@ -32,7 +32,7 @@ def omniglot_batch(tasks: int, n_way: int = 5, k_shot: int = 1, queries: int = 1
 
 @pytest.mark.parametrize("learner, inner_steps, queries", [
     ("maml", 1, 15), ("maml", 2, 3), ("fomaml", 2, 3), ("reptile", 3, 3), ("anil", 2, 3),
-    ("metasgd", 1, 3), ("joint", 1, 3)])
+    ("metasgd", 1, 3), ("joint", 1, 3), ("perfedavg-fo", 1, 3), ("perfedavg-hf", 1, 3)])
 def test_conv4_5way_1shot_counts_agree_with_flop_counter(learner: str, inner_steps: int,
                                                          queries: int) -> None:
     model, batch = Conv4(n_way=5), omniglot_batch(tasks=2, queries=queries)

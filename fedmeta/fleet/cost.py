@@ -17,10 +17,7 @@ the first weighted layer, whose input gradient is never needed:
   F(q) + B(q)``; HF adds two support gradients, ``2 (F(s) + B(s))``.
 
 ``tests/test_fleet_cost.py`` checks these against ``torch.utils.flop_counter``: equal on
-Conv4 and the sinusoid MLP, ANIL within 6% (its head steps). Per-FedAvg runs under
-``vmap``, whose batching rules compute the first layer's input gradient and more: the
-counter sees 34% more on Conv4 than the algorithm needs, which is what is counted here.
-Scoring the
+Conv4 and the sinusoid MLP, ANIL within 6% (its head steps are left out). Scoring the
 episodes a device trained on (pre- and post-adaptation query loss, as its reply reports)
 adds ``2 F(q) + k' (F(s) + B(s))`` for ``k'`` scoring steps.
 
