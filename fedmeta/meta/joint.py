@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
 
 from ..tasks.episode import EpisodeBatch
 from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
-from .maml import _metrics
+from .maml import _metrics, autograd_grad, mean_over_tasks
 
 
 class JointTraining(MetaLearner):
@@ -22,16 +21,14 @@ class JointTraining(MetaLearner):
     name = "joint"
 
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
-        def loss(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-            out = self.predict(p, torch.cat([sx, qx]))
-            y = torch.cat([sy, qy])
-            value = task_loss(out, y)
-            return value, (value.detach(), task_accuracy(out, y).detach())
+        def task_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+            def loss(p: Params):
+                out = self.predict(p, torch.cat([sx, qx]))
+                y = torch.cat([sy, qy])
+                value = task_loss(out, y)
+                return value, (value.detach(), task_accuracy(out, y).detach())
 
-        def batch_loss(p: Params):
-            losses, aux = vmap(loss, in_dims=(None, 0, 0, 0, 0))(
-                p, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-            return losses.mean(), aux
+            return autograd_grad(loss, params)
 
-        direction, (losses, accs) = grad(batch_loss, has_aux=True)(params)
+        direction, losses, accs = mean_over_tasks(task_grad, batch)
         return MetaUpdate(direction, _metrics(losses, accs))
