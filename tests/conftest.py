@@ -6,9 +6,18 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# One intra-op thread in this process and every process it starts (CLI runs, Ray workers,
+# SuperNodes): on a 2-core machine more threads only contend, and the spinning of idle
+# OpenMP threads made some tests tens of times slower on a busy host.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from fedmeta.tasks.omniglot import CACHE_ENV, DIR_ENV, OmniglotData, cache_dir, load_omniglot
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from fedmeta.tasks.omniglot import (CACHE_ENV, DIR_ENV, OmniglotData, cache_dir,  # noqa: E402
+                                     load_omniglot)
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 

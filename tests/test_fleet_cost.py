@@ -13,15 +13,6 @@ from fedmeta.models import MLP, Conv4
 from fedmeta.tasks.episode import EpisodeBatch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and on a busy 2-core host two threads
-    contending make each step ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def counted(learner_name: str, model: torch.nn.Module, batch: EpisodeBatch,
             inner_steps: int) -> float:

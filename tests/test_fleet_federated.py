@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from fedmeta.app import client_app
 from fedmeta.app.records import METRICS, NUM_EXAMPLES
@@ -18,15 +17,6 @@ from fedmeta.fleet import Fleet, load_profiles, parse_tiers
 from fedmeta.results import table
 from local_grid import LocalGrid
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and on a busy 2-core host two threads
-    contending make each step ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 PROFILES = """\
 [fast]

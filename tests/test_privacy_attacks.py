@@ -18,14 +18,6 @@ from fedmeta.tasks.episode import EpisodeBatch
 N_WAY, SHOTS, DIM = 5, 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_label_tasks(count: int, seed: int) -> EpisodeBatch:
     """Tasks of random points with random labels: only memorising them lowers a loss."""

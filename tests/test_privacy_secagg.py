@@ -23,14 +23,6 @@ FLEET = {"num_devices": 6, "num_held_out": 2, "fraction_train": 0.75, "min_train
          "eval_every": 100, "meta_batch": 2, "eval_episodes": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def config(rounds: int = 2, **privacy: object):
     return from_dict({"train": {"seed": 4}, "meta": {"eval_steps": 1},
