@@ -4,7 +4,6 @@ bit for bit, and its cost in bytes is in the results."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from fedmeta.app import client_app
