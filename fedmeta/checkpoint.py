@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .atomic import torch_save_atomically
 from .errors import DataError
 from .meta import MetaLearner, Params, build_learner
 from .models import build_model
@@ -46,15 +45,7 @@ class Checkpoint:
                    "model_kwargs": self.model_kwargs, "learner_kwargs": self.learner_kwargs,
                    "params": {k: v.detach().cpu() for k, v in self.params.items()},
                    "task": self.task}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return torch_save_atomically(payload, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Checkpoint":

@@ -10,9 +10,7 @@ function of ``(seed, round, device)``. Written atomically (temporary file, then
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import torch_save_atomically
 from .errors import DataError
 from .meta import Params
 from .results import Row
@@ -67,17 +66,7 @@ class ServerState:
                    "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
                    "optimizer": self.optimizer, "rng": self.rng,
                    "rows": [dataclasses.asdict(r) for r in self.rows]}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(payload, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return torch_save_atomically(payload, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "ServerState":
