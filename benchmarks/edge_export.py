@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -40,18 +39,10 @@ from fedmeta.export.quantize import inference_model, quantize, serialized_bytes
 from fedmeta.meta.base import task_accuracy, task_loss
 from fedmeta.meta.evaluation import mean_ci95
 from fedmeta.tasks.factory import build_tasks
+from host import cpu_name  # benchmarks/host.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedmeta.meta import MAML, FirstOrderMAML, MetaTrainer, Reptile
 from fedmeta.models import Conv4
 from fedmeta.tasks.episode import EpisodeBatch
+from host import cpu_name  # benchmarks/host.py, beside this script
 
 N_WAY, K_SHOT, QUERIES, INNER_LR, META_LR = 5, 1, 15, 0.4, 1e-3
 LEARNERS = {"maml": MAML, "fomaml": FirstOrderMAML, "reptile": Reptile}
@@ -202,15 +203,6 @@ def count_flops(step: Step, batch: EpisodeBatch) -> int:
         step(batch)
     return counter.get_total_flops()
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_contenders(template: nn.Module) -> dict[str, tuple[str, Step]]:
