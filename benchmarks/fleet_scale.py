@@ -13,11 +13,14 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   process single-threaded) divided by the number of Ray workers that ran them;
 - the Ray workers: how many ``ClientAppActor`` processes the run had at most.
 
+Each size runs under both of ``simulation.dispatch``'s message pumps (``fedmeta.app.dispatch``):
+Flower's own, and fedmeta's indexed one, so their ratio is measured on the same host load.
+
 Evaluation (held-out devices) runs at round 0 and after the last round only and is not
 timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
 
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
-                                     [--rounds 4]
+                                     [--rounds 4] [--dispatch indexed flower]
 """
 
 from __future__ import annotations
@@ -39,21 +42,24 @@ import numpy as np
 import psutil
 import torch
 
+from fedmeta.config import DISPATCHES
+
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
 
 
-def fleet_config(task: str, size: int, rounds: int) -> dict[str, Any]:
+def fleet_config(task: str, size: int, rounds: int, dispatch: str) -> dict[str, Any]:
     """A fleet of ``size`` devices, ``size // 10`` sampled per round, evaluation only at
-    round 0 and after the last."""
+    round 0 and after the last; Flower's engine pumping messages by ``dispatch``."""
     federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
                   "fraction_train": 0.0, "min_train_devices": size // 10,
                   "eval_every": rounds, "eval_episodes": 5, "meta_batch": 10}
     config: dict[str, Any] = {"federation": federation,
-                              "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1}}
+                              "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1,
+                                             "dispatch": dispatch}}
     if task == "omniglot":
         config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
-                          "partition": "dirichlet", "dirichlet_alpha": 1.0, "augment": True,
+                          "partition": "sampled", "device_classes": 10,
                           "data_dir": os.environ.get("FEDMETA_OMNIGLOT_DIR", "")}
         federation.update(meta_batch=4, algorithm="fedmeta-maml")
         config["meta"] = {"inner_lr": 0.4, "inner_steps": 1, "eval_steps": 1}
@@ -112,6 +118,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
 
     from fedmeta.app import client_app
     from fedmeta.app.server_app import run_federation
+    from fedmeta.app.dispatch import message_pump
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
     cfg = as_config(config)
@@ -124,7 +131,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             (row.round, row.source, time.perf_counter())))
 
     start = time.perf_counter()
-    with TreeMemory() as memory, _flower_logs(False):
+    with TreeMemory() as memory, _flower_logs(False), message_pump(cfg.simulation.dispatch):
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend_config(cfg.simulation, False))
@@ -182,15 +189,16 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
     return out
 
 
-def one(task: str, size: int, rounds: int) -> dict[str, Any]:
-    """Measure one task and fleet size (run in a fresh process by ``main``)."""
-    config = fleet_config(task, size, rounds)
+def one(task: str, size: int, rounds: int, dispatch: str) -> dict[str, Any]:
+    """Measure one task, fleet size and dispatch (run in a fresh process by ``main``)."""
+    config = fleet_config(task, size, rounds, dispatch)
     ray_run = run_on_ray(config)
     steady = {int(r): s for r, s in ray_run["round_s"].items()}
     meta = meta_learning_seconds(config, sorted(steady))
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
-    return {"task": task, "devices": size, "per_round": size // 10, "rounds": rounds,
+    return {"task": task, "devices": size, "dispatch": dispatch, "per_round": size // 10,
+            "rounds": rounds,
             **ray_run, "round_s": statistics.median(steady.values()),
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
@@ -209,18 +217,22 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "10% of the fleet sampled per round; one run per row in a fresh process; "
              "per-round times are the median over rounds 2..R (round 1 starts the workers); "
              "overhead share = 1 - (devices' meta-learning time, single-threaded, / Ray "
-             "workers) / round time.", "",
-             "| task | devices | per round | Ray workers | start-up s | round 1 s | "
+             "workers) / round time. Dispatch: how Flower's engine pumps messages to "
+             "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
+             "own pump (every node asks for its messages every 0.1 s, each ask scans every "
+             "stored message), `indexed` is fedmeta's (one scan a poll).", "",
+             "| task | devices | dispatch | per round | Ray workers | start-up s | round 1 s | "
              "round s (median) | device meta-learning ms | overhead share | peak RSS tree MB "
              "| driver MB | largest worker MB | wall s | CPU s workers / others |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['devices']} | {r['devices'] // 10} | "
-                         f"failed: {r['error']} ||||||||||")
+            lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
+                         f"{r['devices'] // 10} | failed: {r['error']} ||||||||||")
             continue
         lines.append(
-            f"| {r['task']} | {r['devices']} | {r['per_round']} | {r['ray_workers']} | "
+            f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
+            f"{r['per_round']} | {r['ray_workers']} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
             f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}% | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
@@ -245,33 +257,40 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["sinusoid"],
                         choices=["sinusoid", "omniglot"])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--dispatch", nargs="+", default=list(DISPATCHES), choices=DISPATCHES,
+                        help="message pumps to compare (simulation.dispatch)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the recorded rows of task and size pairs not measured now")
-    parser.add_argument("--one", nargs=2, metavar=("TASK", "SIZE"), help=argparse.SUPPRESS)
+                        help="keep the recorded rows of task, size and dispatch not measured now")
+    parser.add_argument("--one", nargs=3, metavar=("TASK", "SIZE", "DISPATCH"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds)))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2])))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
-    measured = {(t, s) for t in args.tasks for s in args.sizes}
+    measured = {(t, s, d) for t in args.tasks for s in args.sizes for d in args.dispatch}
     previous = RESULTS / "fleet_scale.json"
     if args.keep and previous.exists():
         old = json.loads(previous.read_text())
         results = [dict(r, started=r.get("started", old["started"]))
-                   for r in old["results"] if (r["task"], r["devices"]) not in measured]
-    for task in args.tasks:
-        for size in args.sizes:
-            proc = subprocess.run([sys.executable, __file__, "--one", task, str(size),
-                                   "--rounds", str(args.rounds)], capture_output=True, text=True)
-            if proc.returncode == 0:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            else:
-                results.append({"task": task, "devices": size,
-                                "error": proc.stderr.strip().splitlines()[-1][:200]})
-            print(json.dumps(results[-1]), flush=True)
-            results[-1]["started"] = started
-            write(sorted(results, key=lambda r: (r["task"], r["devices"])), started)
+                   for r in old["results"] if row_key(r) not in measured]
+    for task, size, dispatch in sorted(measured, key=lambda k: (k[0], k[1], k[2] != "flower")):
+        proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
+                               "--rounds", str(args.rounds)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        else:
+            results.append({"task": task, "devices": size, "dispatch": dispatch,
+                            "error": proc.stderr.strip().splitlines()[-1][:200]})
+        print(json.dumps(results[-1]), flush=True)
+        results[-1]["started"] = started
+        write(sorted(results, key=row_key), started)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, int, str]:
+    """A row's task, fleet size and dispatch (rows recorded before dispatch: Flower's)."""
+    return row["task"], row["devices"], row.get("dispatch", "flower")
 
 
 if __name__ == "__main__":

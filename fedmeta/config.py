@@ -23,11 +23,12 @@ from .meta.trainer import OPTIMIZERS
 
 TASK_KINDS = ("sinusoid", "omniglot")
 AUTO = "auto"  # a federation field that takes its algorithm's default
-PARTITIONS = ("drawer", "alphabet", "dirichlet")
+PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "multi-krum")
 SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
 BYZANTINE_MODES = ("sign-flip", "scale")
 FAULT_KINDS = ("crash", "hang", "nan", "malformed", "byzantine")
+DISPATCHES = ("indexed", "flower")  # simulation.dispatch: fedmeta.app.dispatch
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TaskConfig:
     device_width: float = 0.3
     partition: str = "drawer"
     dirichlet_alpha: float = 0.5
+    device_classes: int = 10  # sampled partition: characters each device draws
 
 
 @dataclass
@@ -137,11 +139,14 @@ class FaultsConfig:
 
 @dataclass
 class SimulationConfig:
-    """Resources of the Ray simulation: per device, and for the whole of Ray (0: all)."""
+    """Resources of the Ray simulation: per device, and for the whole of Ray (0: all);
+    ``dispatch``: how Flower's engine pumps messages to devices (``fedmeta.app.dispatch``:
+    ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_cpus: int = 0
+    dispatch: str = "indexed"
 
 
 @dataclass
@@ -311,6 +316,10 @@ def _check(cfg: Config) -> None:
                         "task.dirichlet_alpha": t.dirichlet_alpha}.items():
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(name, value, "a finite number > 0")
+    if t.partition == "sampled" and t.device_classes < t.n_way:
+        raise ConfigError("task.device_classes", t.device_classes,
+                          f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
+                          f"n_way of its characters)")
     if t.kind == "omniglot" and t.n_way < 2:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
@@ -415,6 +424,8 @@ def _check_simulation(s: SimulationConfig) -> None:
     if s.ray_cpus < 0:
         raise ConfigError("simulation.ray_cpus", s.ray_cpus,
                           "an integer >= 0 (0: every CPU of this machine)")
+    if s.dispatch not in DISPATCHES:
+        raise ConfigError("simulation.dispatch", s.dispatch, f"one of {list(DISPATCHES)}")
 
 
 CLIPPINGS, CLIP_SIDES, NOISES, ACCOUNTANTS = (("none", "fixed", "adaptive"),

@@ -112,7 +112,7 @@ OUT_OF_RANGE = {  # field -> values outside what it allows, with everything else
     "task.k_shot": st.integers(max_value=0), "task.n_way": st.integers(max_value=0),
     "task.device_width": st.floats(max_value=0.0) | st.floats(min_value=1.0001),
     "meta.inner_lr": st.floats(max_value=0.0), "meta.inner_steps": st.integers(max_value=0),
-    "federation.num_devices": st.integers(max_value=4),
+    "federation.num_devices": st.integers(max_value=0),  # 1..4: num_held_out=4 is named
     "federation.rounds": st.integers(max_value=0),
     "federation.fraction_train": st.floats(min_value=1.0001) | st.floats(max_value=-1e-9),
     "federation.round_timeout": st.floats(max_value=0.0) | st.just(math.inf),
@@ -130,6 +130,7 @@ OUT_OF_RANGE = {  # field -> values outside what it allows, with everything else
     "faults.byzantine_factor": st.floats(max_value=0.0) | st.just(math.inf),
     "faults.hang_extra_s": st.floats(max_value=-1e-9) | st.just(math.nan),
     "simulation.num_cpus": st.floats(max_value=0.0),
+    "simulation.dispatch": st.text(max_size=8),
 }
 
 
@@ -140,7 +141,8 @@ def test_a_value_out_of_range_names_its_field(data: st.DataObject) -> None:
     value = data.draw(OUT_OF_RANGE[name].filter(
         lambda v: not (isinstance(v, str) and v in ("mean", "median", "trimmed-mean",
                                                     "norm-bound", "multi-krum", "retry",
-                                                    "skip", "sign-flip", "scale"))))
+                                                    "skip", "sign-flip", "scale",
+                                                    "indexed", "flower"))))
     with pytest.raises(ConfigError) as caught:
         from_dict(nested({name: value}))
     assert caught.value.field == name, one_line(caught.value)

@@ -59,3 +59,18 @@ def test_other_partitions_give_disjoint_devices(omniglot_dir, partition):
     sources = [build_device_tasks(task, d, 5, 1, seed=0) for d in range(4)]
     owned = [{img.tobytes() for img in s.images} for s in sources]
     assert all(not (owned[i] & owned[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_sampled_partition_builds_any_fleet_size_one_device_at_a_time(omniglot_dir):
+    task = task_config(omniglot_dir, "task.partition=sampled", "task.device_classes=6")
+    check_fleet_tasks(task, 10_000, 2, seed=0)  # one device of each group shows for all
+    source = build_device_tasks(task, 9_321, 10_000, 2, seed=0)
+    assert source.num_classes == 6
+    held_out = build_device_tasks(task, 9_999, 10_000, 2, seed=0)
+    assert not {img.tobytes() for img in source.images} & \
+        {img.tobytes() for img in held_out.images}  # held-out alphabets stay apart
+
+
+def test_sampled_partition_needs_n_way_classes(omniglot_dir):
+    with pytest.raises(ConfigError, match="task.device_classes=4.*task.n_way=5"):
+        task_config(omniglot_dir, "task.partition=sampled", "task.device_classes=4")

@@ -1,6 +1,7 @@
 """End to end on Flower's simulation engine (Ray): ``fedmeta run`` writes every output,
-``fedmeta.simulate`` gives the same table, byte for byte, and Ray is shut down after each
-run; ``flwr run .`` runs the same app on a local SuperLink."""
+``fedmeta.simulate`` gives the same table, byte for byte (under Flower's own message pump,
+the CLI under fedmeta's indexed one), and Ray is shut down after each run; ``flwr run .``
+runs the same app on a local SuperLink."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ TINY_RUN_CONFIG = ("federation.num_devices=4 federation.num_held_out=1 federatio
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
-    """The tiny config run twice: by the CLI (a subprocess) and by ``fedmeta.simulate``."""
+    """The tiny config run twice: by the CLI (a subprocess, ``simulation.dispatch``'s
+    default pump) and by ``fedmeta.simulate`` (Flower's pump)."""
     import ray
 
     import fedmeta
@@ -52,7 +54,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataF
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "post-adaptation MSE" in cli.stdout
-    frame = fedmeta.simulate(config, folder / "api", progress=False)
+    flower_pump = folder / "tiny_flower_pump.toml"
+    flower_pump.write_text(TINY + 'dispatch = "flower"\n')
+    frame = fedmeta.simulate(flower_pump, folder / "api", progress=False)
     assert not ray.is_initialized()  # shut down after the run
     return folder / "cli", folder / "api", frame
 
@@ -83,7 +87,7 @@ def test_run_writes_every_output(runs: tuple[Path, Path, pd.DataFrame]) -> None:
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_same_config_and_seed_give_byte_identical_results(
+def test_same_config_and_seed_give_byte_identical_results_whichever_pump(
         runs: tuple[Path, Path, pd.DataFrame]) -> None:
     cli, api, frame = runs
     assert (cli / "results.csv").read_bytes() == (api / "results.csv").read_bytes()

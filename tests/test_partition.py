@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedmeta.errors import ConfigError, DataError
-from fedmeta.tasks.partition import by_alphabet, by_drawer, device_task_sources, dirichlet
+from fedmeta.tasks.partition import (by_alphabet, by_drawer, device_task_sources, dirichlet,
+                                     sampled)
 
 
 def check_disjoint_and_covering(parts: list[np.ndarray], n: int) -> None:
@@ -99,3 +100,22 @@ def test_too_few_drawers_per_device_is_a_clear_data_error(omniglot_data):
     assert "only 0 of the 242 classes here have that many (484 images, 2 to 2 images each)" \
         in text
     assert "needs 3 drawers' images of 5 characters" in text
+
+
+def test_sampled_draws_whole_characters_per_device_from_the_seed(omniglot_data):
+    rows = sampled(omniglot_data, 7, 12, seed=3)
+    characters = np.unique(omniglot_data.character[rows])
+    assert len(characters) == 12
+    assert len(rows) == np.isin(omniglot_data.character, characters).sum()  # every image
+    assert np.array_equal(rows, sampled(omniglot_data, 7, 12, seed=3))
+    others = [set(omniglot_data.character[sampled(omniglot_data, d, 12, seed=3)])
+              for d in range(8, 40)]
+    assert any(o != set(characters) for o in others)  # devices differ ...
+    assert any(o & set(characters) for o in others)  # ... and may overlap
+
+
+@pytest.mark.parametrize("num_classes", [0, 4841, 2.0, True])
+def test_sampled_bad_class_count_names_the_field(omniglot_data, num_classes):
+    with pytest.raises(ConfigError) as caught:
+        sampled(omniglot_data, 0, num_classes)
+    assert caught.value.field == "task.device_classes"

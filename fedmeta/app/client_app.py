@@ -51,10 +51,16 @@ class Device:
     fleet: FleetRun | None = None  # the run's fleet: this device's local plan, compression
 
 
+@lru_cache(maxsize=2)
+def _config(flat: tuple) -> Config:
+    """The run's validated config, once per process (not per device)."""
+    return from_flat(dict(flat))
+
+
 @lru_cache(maxsize=4)
 def _device(partition: int, num_partitions: int, flat: tuple, model: str,
             model_kwargs: str) -> Device:
-    cfg = from_flat(dict(flat))
+    cfg = _config(flat)
     algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
     learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
                             inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,

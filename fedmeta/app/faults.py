@@ -61,6 +61,8 @@ def before_training(fault: str | None, cfg: Config) -> None:
 def corrupt(fault: str | None, delta: Params, faults: FaultsConfig, seed: int,
             server_round: int, partition: int, attempt: int = 0) -> Params:
     """The update a faulty device replies instead of ``delta``."""
+    if fault is None:
+        return delta
     if fault == "byzantine":
         factor = faults.byzantine_factor * (-1 if faults.byzantine_mode == "sign-flip" else 1)
         return {k: factor * v for k, v in delta.items()}

@@ -32,6 +32,7 @@ from ..results import Row, summarize_run, table
 from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app
+from .dispatch import message_pump
 from .privacy_wrap import privacy_summary
 from .server_app import run_federation
 
@@ -117,7 +118,7 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
 
     start = time.perf_counter()
     try:
-        with _flower_logs(verbose):
+        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch):
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:

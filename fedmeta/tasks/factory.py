@@ -9,7 +9,7 @@ from ..errors import ConfigError, DataError
 from .episode import TaskSource
 from .fewshot import FewShotTaskSource
 from .omniglot import OmniglotData, load_omniglot, split_by_alphabet
-from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet
+from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
 
@@ -74,9 +74,10 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
 def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int = 0) -> None:
     """Raise the ``DataError`` or ``ConfigError`` a device of this fleet would meet building
     its task source (too few drawers, classes or images), before any device runs."""
-    if task.kind != "sinusoid":
-        _omniglot_group(task, seed, False, num_devices - num_held_out)
-        _omniglot_group(task, seed, True, num_held_out)
+    if task.kind != "sinusoid":  # sampled: every device draws alike, so one shows for all
+        one = 0 if task.partition == "sampled" else None
+        _omniglot_group(task, seed, False, num_devices - num_held_out, only=one)
+        _omniglot_group(task, seed, True, num_held_out, only=one)
 
 
 def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int | None = None
@@ -90,14 +91,20 @@ def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int |
             parts = by_drawer(data, size)
         elif task.partition == "alphabet":
             parts = by_alphabet(data, size)
+        elif task.partition == "sampled":
+            devices = range(size) if only is None else [only]
+            parts = [sampled(data, d, task.device_classes, seed=seed + held_out)
+                     for d in devices]
         else:
             parts = dirichlet(data, size, task.dirichlet_alpha, seed=seed + held_out)
     except ConfigError as exc:
+        if exc.field.startswith("task."):
+            raise
         raise ConfigError("federation.num_devices", size,
                           f"{what} devices that {task.partition} partition can give "
                           f"({exc.allowed})") from None
     try:
-        parts = parts if only is None else [parts[only]]
+        parts = parts if only is None or task.partition == "sampled" else [parts[only]]
         return device_task_sources(data, parts, task.n_way, task.k_shot, task.q_query,
                                    rotations=task.rotations and not held_out,
                                    augment=task.augment and not held_out)

@@ -1,7 +1,8 @@
 """Omniglot split across devices: every device gets its own private images and task source.
 
-Each partition is a list of sorted index arrays into the data, one per device, disjoint and
-together covering every image.
+Each partition but ``sampled`` is a list of sorted index arrays into the data, one per device,
+disjoint and together covering every image. ``sampled`` gives one device at a time its own
+draw of characters, overlapping other devices': for fleets larger than the data can split.
 
 An Omniglot character has one image per drawer, so a device holds at most as many images of
 a character as it holds drawers of it: a ``k_shot``-shot episode with ``q_query`` queries
@@ -78,6 +79,20 @@ def dirichlet(data: OmniglotData, num_devices: int, alpha: float, seed: int = 0
         for device, chunk in enumerate(np.split(rows, cuts)):
             parts[device].append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def sampled(data: OmniglotData, device: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Device ``device``'s rows: ``num_classes`` characters drawn from ``(seed, device)``
+    alone, with every image of them. Devices overlap (two may draw the same character), so
+    the data is not private to a device; any fleet size works, and a device is built
+    without the others (fleet-scale studies on a small dataset)."""
+    characters = np.unique(data.character)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) \
+            or not 1 <= num_classes <= len(characters):
+        raise ConfigError("task.device_classes", num_classes,
+                          f"an integer from 1 to the {len(characters)} characters here")
+    own = np.random.default_rng([seed, device]).choice(characters, num_classes, replace=False)
+    return np.flatnonzero(np.isin(data.character, own))
 
 
 def device_task_sources(data: OmniglotData, parts: Sequence[np.ndarray], n_way: int,

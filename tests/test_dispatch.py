@@ -1,0 +1,72 @@
+"""fedmeta's message pump for Flower's simulation engine (``fedmeta.app.dispatch``): it is in
+place only inside ``message_pump("indexed")``, and hands each node its earliest undelivered
+message, one a poll, in one pass (runs under both pumps give identical results:
+tests/test_federated_run.py)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from queue import Queue
+
+import pytest
+from flwr.server.superlink.fleet.vce import vce_api
+
+from fedmeta.app import dispatch
+
+
+def test_the_pump_is_swapped_only_inside_the_context() -> None:
+    flower = vce_api.add_messages_to_queue
+    with dispatch.message_pump("flower"):
+        assert vce_api.add_messages_to_queue is flower
+    with pytest.raises(RuntimeError):
+        with dispatch.message_pump("indexed"):
+            assert vce_api.add_messages_to_queue is dispatch._indexed_pump
+            raise RuntimeError("the run failed")
+    assert vce_api.add_messages_to_queue is flower
+    with pytest.raises(ValueError, match="one of"):
+        with dispatch.message_pump("fast"):
+            pass
+
+
+@dataclass
+class _Metadata:
+    dst_node_id: int
+    delivered_at: str = ""
+
+
+@dataclass
+class _Message:
+    metadata: _Metadata
+
+
+@dataclass
+class _State:
+    """The part of Flower's InMemoryLinkState that ``undelivered`` reads."""
+
+    message_ins_store: dict[str, _Message]
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    checked: list[set[str]] = field(default_factory=list)
+
+    def _check_stored_messages(self, ids: set[str]) -> None:
+        self.checked.append(ids)
+
+
+def test_undelivered_gives_each_node_its_earliest_message_once() -> None:
+    store = {f"m{i}": _Message(_Metadata(node)) for i, node in enumerate([5, 7, 5, 9, 7])}
+    store["m1"].metadata.delivered_at = "earlier"
+    state = _State(store)
+    first = dispatch.undelivered(state, {5: 0, 7: 1})  # node 9 is not ours
+    assert first == [store["m0"], store["m4"]]
+    assert state.checked == [set(store)]  # expiry checked once for all, by the state
+    assert all(m.metadata.delivered_at for m in first)
+    assert dispatch.undelivered(state, {5: 0, 7: 1}) == [store["m2"]]
+    assert dispatch.undelivered(state, {5: 0, 7: 1}) == []
+
+
+def test_a_state_of_another_kind_keeps_flowers_pump(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(dispatch, "_FLOWER_PUMP", lambda *args: calls.append(args))
+    stop = threading.Event()
+    dispatch._indexed_pump(_State({}), Queue(), {}, stop)
+    assert len(calls) == 1 and calls[0][0].message_ins_store == {}
