@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ..errors import ConfigError, DataError
 from .episode import TaskSource
 from .fewshot import FewShotTaskSource
-from .omniglot import OmniglotData, load_omniglot, split_by_alphabet
+from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
 from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
@@ -49,9 +50,17 @@ def build_tasks(task: Any, seed: int = 0) -> Tasks:
 
 
 def _omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
-    """Meta-train and held-out alphabets of the Omniglot zips in ``task.data_dir``."""
-    data = load_omniglot(task.data_dir or None)
-    return split_by_alphabet(data, task.test_alphabets, seed=seed)
+    """Meta-train and held-out alphabets of the Omniglot zips in ``task.data_dir`` (kept
+    in memory for the next device built in this process while the zips are unchanged)."""
+    zips = tuple((str(z), z.stat().st_size, z.stat().st_mtime_ns)
+                 for z in resolve_zips(task.data_dir or None))
+    return _split(zips, task.test_alphabets, seed)
+
+
+@lru_cache(maxsize=2)
+def _split(zips: tuple, test_alphabets: int, seed: int) -> tuple[OmniglotData, OmniglotData]:
+    data = load_omniglot([path for path, _, _ in zips])
+    return split_by_alphabet(data, test_alphabets, seed=seed)
 
 
 def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: int,
