@@ -125,7 +125,8 @@ class FaultsConfig:
     device's reply, in a round, crashes, hangs ``hang_extra_s`` past
     ``federation.round_timeout``, is NaN/Inf, is malformed, or is Byzantine (``sign-flip``:
     ``-factor * update``, ``scale``: ``factor * update``); at most one per reply, drawn from
-    ``(seed, round, device, attempt)``."""
+    ``(seed, round, device, attempt)``. ``byzantine_devices``: the share of the training
+    devices (rounded half up, drawn from the seed) that reply Byzantine whenever sampled."""
 
     crash: float = 0.0
     hang: float = 0.0
@@ -134,6 +135,7 @@ class FaultsConfig:
     byzantine: float = 0.0
     byzantine_mode: str = "sign-flip"
     byzantine_factor: float = 10.0
+    byzantine_devices: float = 0.0
     hang_extra_s: float = 1.0
 
 
@@ -408,6 +410,9 @@ def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:
         raise ConfigError("faults", {k: getattr(faults, k) for k in FAULT_KINDS},
                           f"probabilities summing to at most 1 (a reply fails one way at "
                           f"most); they sum to {total:g}")
+    if not 0.0 <= faults.byzantine_devices < 1.0:  # False for NaN
+        raise ConfigError("faults.byzantine_devices", faults.byzantine_devices,
+                          "a share of the training devices in [0, 1)")
     if not (math.isfinite(faults.byzantine_factor) and faults.byzantine_factor > 0):
         raise ConfigError("faults.byzantine_factor", faults.byzantine_factor,
                           "a finite number > 0")

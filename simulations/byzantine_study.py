@@ -1,40 +1,63 @@
 """Byzantine devices vs robust aggregation on the heterogeneous sinusoid fleet.
 
 Runs the same federation (Flower's simulation engine, Ray) under every
-``federation.aggregation``, fault-free and with ``--byzantine`` of the training replies
-Byzantine (``faults.byzantine_mode``, ``faults.byzantine_factor``), and writes a markdown
-table of the held-out devices' final pre- and post-adaptation MSE (95% CIs over their
-episodes) to ``--table`` (and its JSON beside it); every run's outputs go to ``--out``.
+``federation.aggregation``, fault-free and with ``--byzantine-devices`` of the training
+devices Byzantine (a fixed set drawn from the seed, ``faults.byzantine_devices``; or, with
+``--byzantine``, that share of the replies, ``faults.byzantine``), for every ``--seeds``.
+Writes a markdown table of the held-out devices' final post-adaptation MSE per rule and the
+ratio of the attacked run to the same rule's fault-free run and to fault-free averaging (mean
+and range over the seeds) to ``--table``, every run's summary to the JSON beside it, and every
+run's outputs to ``--out`` (a run whose folder there already holds its very config and
+summary is read back, not run again).
 
-    python simulations/byzantine_study.py --rounds 30
+``--trim-fraction`` and ``--krum-malicious`` default to ``fleet``: sized for the fleet's known
+Byzantine count B, the most attackers a round can sample (trim ``min(B, n) / n`` per side of
+the round's n replies, below 0.5; Multi-Krum ``f = min(B, n - 1)``).
+
+    python simulations/byzantine_study.py --rounds 60 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from fedmeta import config, simulate
 from fedmeta.config import AGGREGATIONS
 
+HELD_OUT = 4
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--byzantine", type=float, default=0.2, help="Byzantine share of replies")
+    p.add_argument("--byzantine-devices", type=float, default=0.2,
+                   help="Byzantine share of the training devices (faults.byzantine_devices)")
+    p.add_argument("--byzantine", type=float, default=0.0,
+                   help="Byzantine share of the replies instead (faults.byzantine)")
     p.add_argument("--mode", default="sign-flip", help="faults.byzantine_mode")
     p.add_argument("--factor", type=float, default=10.0, help="faults.byzantine_factor")
     p.add_argument("--algorithm", default="fedmeta-maml", help="federation.algorithm")
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--devices", type=int, default=20, help="fleet size (4 held out)")
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--devices", type=int, default=20, help=f"fleet size ({HELD_OUT} held out)")
     p.add_argument("--per-round", type=int, default=8, help="training devices per round")
     p.add_argument("--meta-batch", type=int, default=5, help="tasks per device and round")
     p.add_argument("--eval-episodes", type=int, default=25, help="per held-out device")
-    p.add_argument("--trim-fraction", type=float, default=0.25,
-                   help="trimmed mean: cut per side (at least the Byzantine share)")
-    p.add_argument("--krum-malicious", type=int, default=2, help="Multi-Krum's f")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trim-fraction", default="fleet",
+                   help='trimmed mean: cut per side, or "fleet" (see above)')
+    p.add_argument("--krum-malicious", default="fleet",
+                   help='Multi-Krum\'s f, or "fleet" (see above)')
+    p.add_argument("--aggregations", nargs="+", default=list(AGGREGATIONS),
+                   choices=AGGREGATIONS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baseline", type=Path,
+                   help="without mean among --aggregations: a study's JSON whose fault-free "
+                        "mean runs (same seeds and rounds) are the baseline")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="any other config field (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/byzantine_study"),
@@ -44,58 +67,144 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run(args: argparse.Namespace, name: str, aggregation: str, byzantine: float) -> dict:
-    held_out = 4
+def rule_params(args: argparse.Namespace) -> tuple[float, int]:
+    """``trim_fraction`` and ``krum_malicious``: as given, or sized for the fleet's
+    Byzantine devices (every one of them sampled in the same round)."""
+    n, train = args.per_round, args.devices - HELD_OUT
+    attackers = min(math.floor(args.byzantine_devices * train + 0.5), n)
+    if args.byzantine and not args.byzantine_devices:  # per-reply: the expected count
+        attackers = min(math.ceil(args.byzantine * n), n)
+    trim = float(args.trim_fraction) if args.trim_fraction != "fleet" else min(
+        attackers / n, (math.ceil(n / 2) - 1) / n)
+    krum = int(args.krum_malicious) if args.krum_malicious != "fleet" else min(attackers,
+                                                                                n - 1)
+    return trim, krum
+
+
+def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -> dict:
+    trim, krum = rule_params(args)
+    name = f"{'byzantine' if attacked else 'fault-free'}-{aggregation}-seed{seed}"
     cfg = config.load(overrides=[
-        f"train.seed={args.seed}", f"federation.algorithm={args.algorithm}",
-        f"federation.num_devices={args.devices}", f"federation.num_held_out={held_out}",
+        f"train.seed={seed}", f"federation.algorithm={args.algorithm}",
+        f"federation.num_devices={args.devices}", f"federation.num_held_out={HELD_OUT}",
         f"federation.rounds={args.rounds}", f"federation.eval_every={args.rounds}",
-        f"federation.fraction_train={args.per_round / (args.devices - held_out)}",
+        f"federation.fraction_train={args.per_round / (args.devices - HELD_OUT)}",
         f"federation.min_train_devices={args.per_round}",
         f"federation.meta_batch={args.meta_batch}",
         f"federation.eval_episodes={args.eval_episodes}",
         f"federation.aggregation={aggregation}",
-        f"federation.trim_fraction={args.trim_fraction}",
-        f"federation.krum_malicious={args.krum_malicious}",
-        f"faults.byzantine={byzantine}", f"faults.byzantine_mode={args.mode}",
-        f"faults.byzantine_factor={args.factor}", *args.overrides])
-    frame = simulate(cfg, args.out / name, progress=False)
-    s = frame.attrs["summary"]
-    injected = int(frame.loc[frame["source"] == "train", "byzantine"].sum())
-    replies = int(frame.loc[frame["source"] == "train", "devices"].sum())
-    print(f"{name}: post-adaptation MSE {s['final_post_mse']:.3f} ({s['wall_s']:.0f} s)")
-    return {"run": name, "aggregation": aggregation, "byzantine": byzantine,
-            "byzantine_replies": f"{injected}/{replies}", **s}
+        f"federation.trim_fraction={trim}", f"federation.krum_malicious={krum}",
+        f"faults.byzantine={args.byzantine if attacked else 0.0}",
+        f"faults.byzantine_devices={args.byzantine_devices if attacked else 0.0}",
+        f"faults.byzantine_mode={args.mode}", f"faults.byzantine_factor={args.factor}",
+        *args.overrides])
+    out = args.out / name
+    if done(out, cfg):
+        frame, s = pd.read_csv(out / "results.csv"), json.loads((out / "summary.json").read_text())
+    else:
+        frame = simulate(cfg, out, progress=False)
+        s = frame.attrs["summary"]
+    train, evaluated = (frame[frame["source"] == source] for source in ("train", "eval"))
+    diverged = s["final_post_mse"] is None  # the model overflowed to inf/NaN
+    print(f"{name}: post-adaptation MSE "
+          f"{'diverged' if diverged else format(s['final_post_mse'], '.3f')} "
+          f"({s['wall_s']:.0f} s)", flush=True)
+    return {"run": name, "aggregation": aggregation, "seed": seed, "attacked": attacked,
+            "trim_fraction": trim, "krum_malicious": krum, "diverged": diverged,
+            "byzantine_replies": int(train["byzantine"].sum()),
+            "replies": int(train["devices"].sum()),
+            "max_byzantine_per_round": int(train["byzantine"].max()),
+            "rounds_by_byzantine_count": {int(k): int(v) for k, v in
+                                          train["byzantine"].value_counts().sort_index().items()},
+            "post_mse_by_round": {int(r): None if math.isnan(v) else float(v) for r, v in
+                                  evaluated[["round", "post_loss"]].itertuples(index=False)},
+            **s}
+
+
+def done(out: Path, cfg: config.Config) -> bool:
+    """Whether ``out`` holds the finished run of ``cfg``."""
+    try:
+        stored = config.from_dict(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError, config.ConfigError):
+        return False
+    return (out / "summary.json").exists() and stored.to_dict() == cfg.to_dict()
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """``mean (min–max)`` of ``values``; runs that diverged (inf) are counted apart."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        rest = f"; the others {spread(finite, digits)}" if finite else ""
+        return f"diverged in {len(values) - len(finite)} of {len(values)}{rest}"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    """One line per aggregation: final held-out MSEs fault-free and with Byzantine devices."""
-    by = {(r["aggregation"], r["byzantine"] > 0): r for r in rows}
-    baseline = by["mean", False]["final_post_mse"]
-    cell = lambda r, key: f"{r[f'final_{key}']:.3f} ± {r[f'final_{key}_ci95']:.3f}"
+    """One line per aggregation: final held-out post-adaptation MSEs fault-free and under
+    attack, and the attacked run's ratio to fault-free, over the seeds."""
+    baseline_rows = json.loads(args.baseline.read_text()) if args.baseline else rows
+    by = {(r["aggregation"], r["seed"], r["attacked"]): r for r in rows}
+    by.update({("mean", r["seed"], False): r for r in baseline_rows
+               if r["aggregation"] == "mean" and not r["attacked"]
+               and r["rounds"] == args.rounds and "mean" not in args.aggregations})
+    seeds, trim, krum = args.seeds, *rule_params(args)
+    attack = (f"{args.byzantine_devices:.0%} of the training devices (a fixed set per seed)"
+              if args.byzantine_devices else f"{args.byzantine:.0%} of the replies")
+    mse = lambda a, attacked: [math.inf if by[a, s, attacked]["diverged"] else
+                               by[a, s, attacked]["final_post_mse"] for s in seeds]
     lines = [f"{args.algorithm}, {args.rounds} rounds, {args.per_round} of "
-             f"{args.devices - 4} training devices per round, 4 held-out devices x "
-             f"{args.eval_episodes} episodes; Byzantine: {args.byzantine:.0%} of replies, "
-             f"{args.mode} x {args.factor:g}; seed {args.seed}. MSE: held-out devices after "
-             f"the last round, ± 95% CI over their episodes.", "",
-             "| aggregation | post-adaptation MSE, fault-free | Byzantine replies | "
-             "pre-adaptation MSE, Byzantine | post-adaptation MSE, Byzantine | "
-             "Byzantine post vs fault-free mean |", "|---|---|---|---|---|---|"]
-    for aggregation in AGGREGATIONS:
-        clean, attacked = by[aggregation, False], by[aggregation, True]
-        lines.append(f"| {aggregation} | {cell(clean, 'post_mse')} | "
-                     f"{attacked['byzantine_replies']} | {cell(attacked, 'pre_mse')} | "
-                     f"{cell(attacked, 'post_mse')} | "
-                     f"{attacked['final_post_mse'] / baseline:.2f}x |")
-    return "\n".join(lines) + "\n"
+             f"{args.devices - HELD_OUT} training devices per round, {HELD_OUT} held-out "
+             f"devices x {args.eval_episodes} episodes; Byzantine: {attack}, {args.mode} x "
+             f"{args.factor:g}; trim_fraction {trim:g}, krum_malicious {krum}; seeds "
+             f"{', '.join(map(str, seeds))}. Post-adaptation MSE of the held-out devices "
+             f"after the last round; every cell: mean over the seeds (min–max).", "",
+             "| aggregation | MSE fault-free | MSE Byzantine | Byzantine replies (max per "
+             "round) | Byzantine vs same rule fault-free | Byzantine vs mean fault-free |",
+             "|---|---|---|---|---|---|"]
+    baseline = mse("mean", False)  # KeyError: no fault-free mean runs (see --baseline)
+    for a in args.aggregations:
+        clean, attacked = mse(a, False), mse(a, True)
+        hits = [by[a, s, True] for s in seeds]
+        lines.append(
+            f"| {a} | {spread(clean, 3)} | {spread(attacked, 3)} | "
+            f"{sum(h['byzantine_replies'] for h in hits)}/{sum(h['replies'] for h in hits)} "
+            f"({max(h['max_byzantine_per_round'] for h in hits)}) | "
+            f"{spread([x / c for x, c in zip(attacked, clean)])}x | "
+            f"{spread([x / c for x, c in zip(attacked, baseline)])}x |")
+    return "\n".join(lines + ["", *by_round(rows, args)]) + "\n"
+
+
+def by_round(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """Post-adaptation MSE at every evaluation, mean over the seeds."""
+    rounds = sorted({int(r) for row in rows for r in row["post_mse_by_round"]})
+    lines = ["Post-adaptation MSE at every evaluation (mean over the seeds; diverged: in at "
+             "least one seed):", "",
+             "| aggregation | run | " + " | ".join(f"round {r}" for r in rounds) + " |",
+             "|---|---|" + "---|" * len(rounds)]
+    for a in args.aggregations:
+        for attacked in (False, True):
+            runs = [r for r in rows if r["aggregation"] == a and r["attacked"] == attacked]
+            cells = [statistics.fmean(math.inf if (v := run["post_mse_by_round"].get(
+                r, run["post_mse_by_round"].get(str(r)))) is None else v for run in runs)
+                for r in rounds]
+            lines.append(f"| {a} | {'Byzantine' if attacked else 'fault-free'} | "
+                         + " | ".join("diverged" if math.isinf(c) else f"{c:.3f}" for c in cells)
+                         + " |")
+    return lines
 
 
 def main() -> None:
     args = parse_args()
+    if "mean" not in args.aggregations and args.baseline is None:
+        raise SystemExit("without mean among --aggregations, --baseline names the fault-free "
+                         "mean runs to compare with")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = [run(args, f"{'byzantine' if share else 'fault-free'}-{a}", a, share)
-            for a in AGGREGATIONS for share in (0.0, args.byzantine)]
+    rows = [run(args, a, seed, attacked) for seed in args.seeds for a in args.aggregations
+            for attacked in (False, True)]
     table = markdown(rows, args)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(table)

@@ -126,6 +126,8 @@ OUT_OF_RANGE = {  # field -> values outside what it allows, with everything else
     "federation.short_round": st.text(max_size=8),
     "faults.crash": st.floats(min_value=1.0001) | st.floats(max_value=-1e-9) | st.just(math.nan),
     "faults.byzantine": st.floats(min_value=1.0001) | st.floats(max_value=-1e-9),
+    "faults.byzantine_devices": st.floats(min_value=1.0) | st.floats(max_value=-1e-9)
+    | st.just(math.nan),
     "faults.byzantine_mode": st.text(max_size=8),
     "faults.byzantine_factor": st.floats(max_value=0.0) | st.just(math.inf),
     "faults.hang_extra_s": st.floats(max_value=-1e-9) | st.just(math.nan),

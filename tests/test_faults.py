@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from fedmeta.app import client_app
-from fedmeta.app.faults import fault_of
+from fedmeta.app.faults import byzantine_devices, fault_of
 from fedmeta.app.server_app import run_federation
 from fedmeta.app.strategy import FedMeta
-from fedmeta.config import FAULT_KINDS, FaultsConfig, from_dict
+from fedmeta.config import FAULT_KINDS, ConfigError, FaultsConfig, from_dict
 from fedmeta.results import FAULT_COLUMNS, table
 from local_grid import LocalGrid
 from threaded_grid import ThreadedGrid
@@ -49,6 +49,51 @@ def test_fault_draws_are_seeded_exclusive_and_at_the_configured_rates() -> None:
     assert [fault_of(faults, SEED, 3, d, attempt=1) for d in range(20)] != \
         [fault_of(faults, SEED, 3, d) for d in range(20)]  # a retry draws afresh
     assert {fault_of(FaultsConfig(), SEED, r, 0) for r in range(50)} == {None}
+
+
+@pytest.mark.parametrize("share,num_train,count", [(0.2, 16, 3), (0.2, 10, 2), (0.25, 10, 3),
+                                                    (0.1, 4, 0), (0.5, 7, 4)])
+def test_byzantine_devices_are_a_fixed_seeded_set_of_exactly_that_share(
+        share: float, num_train: int, count: int) -> None:
+    faults = FaultsConfig(byzantine_devices=share)
+    bad = byzantine_devices(share, SEED, num_train)
+    assert len(bad) == count and bad <= set(range(num_train))  # rounded half up
+    for server_round in range(1, 30):  # every round, every attempt, nothing else
+        for attempt in (0, 1):
+            assert {d for d in range(num_train + 3) if fault_of(
+                faults, SEED, server_round, d, attempt, num_train) == "byzantine"} == bad
+    drawn = {byzantine_devices(share, seed, num_train) for seed in range(20)}
+    assert all(len(d) == count for d in drawn) and (count == 0 or len(drawn) > 1)
+
+
+def test_byzantine_devices_add_to_the_per_reply_faults_of_the_others() -> None:
+    faults = FaultsConfig(byzantine_devices=0.25, crash=0.3)
+    bad = byzantine_devices(0.25, SEED, 12)
+    draws = [(d, fault_of(faults, SEED, r, d, 0, 12)) for r in range(1, 50) for d in range(12)]
+    assert {kind for d, kind in draws if d in bad} == {"byzantine"}
+    assert {kind for d, kind in draws if d not in bad} == {"crash", None}
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, math.nan])
+def test_byzantine_devices_must_be_a_share_below_one(share: float) -> None:
+    with pytest.raises(ConfigError, match=r"a share of the training devices in \[0, 1\)") as caught:
+        from_dict({"faults": {"byzantine_devices": share}})
+    assert caught.value.field == "faults.byzantine_devices"
+
+
+def test_the_server_counts_the_sampled_byzantine_devices_every_round() -> None:
+    cfg = config({"byzantine_devices": 0.375}, rounds=4, num_devices=9, fraction_train=0.5,
+                 min_train_devices=4)
+    rows: list = []
+    grid = RecordingGrid(client_app.app, 9)
+    run_federation(grid, cfg, rows.append)
+    bad = byzantine_devices(0.375, SEED, 8)
+    assert len(bad) == 3
+    planned = Counter({(r, a): 0 for r, a, _ in grid.trained})
+    planned.update((r, a) for r, a, p in grid.trained if p in bad)
+    frame = table(rows).query("source == 'train'").set_index(["round", "attempt"])
+    assert frame["byzantine"].to_dict() == dict(planned)
+    assert frame["byzantine"].sum() > 0 and (frame["status"] == "ok").all()
 
 
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "hang"])

@@ -116,7 +116,7 @@ def train(message: Message, context: Context) -> Message:
     server_round = int(message.content[CONFIG][ROUND])
     draw = (cfg.train.seed, server_round, device.partition,
             int(message.content[CONFIG].get(ATTEMPT, 0)))
-    fault = faults.fault_of(cfg.faults, *draw)
+    fault = faults.fault_of(cfg.faults, *draw, num_train=fed.num_train)
     faults.before_training(fault, cfg)
     rng = np.random.default_rng([cfg.train.seed, server_round, device.partition])
     learner, steps, meta_batch = device.learner, fed.local_steps, fed.meta_batch

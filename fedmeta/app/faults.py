@@ -3,7 +3,10 @@ so the simulation engine and real SuperNodes run the very same faults.
 
 Whether device ``d``'s reply in round ``r`` (attempt ``a`` of it) fails, and how, is drawn
 from ``(seed, r, d, a)`` alone, so runs and resumed runs fail identically and the server can
-count the Byzantine replies it cannot tell apart from honest ones. A reply fails one way:
+count the Byzantine replies it cannot tell apart from honest ones. Besides these per-reply
+draws, ``faults.byzantine_devices`` makes a fixed set of training devices, drawn from the
+seed alone (``byzantine_devices``), Byzantine in every round they train. A reply fails one
+way:
 
 - ``crash``: the ClientApp raises (Flower replies an error message);
 - ``hang``: it sleeps ``federation.round_timeout + faults.hang_extra_s`` before working, so its
@@ -17,7 +20,9 @@ Evaluation on held-out devices is the measurement and stays fault-free.
 
 from __future__ import annotations
 
+import math
 import time
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -37,9 +42,22 @@ def _rng(seed: int, server_round: int, partition: int, attempt: int,
     return np.random.default_rng([seed, server_round, partition, attempt, FAULT_STREAM, part])
 
 
+@lru_cache(maxsize=64)
+def byzantine_devices(fraction: float, seed: int, num_train: int) -> frozenset[int]:
+    """The training devices (of partitions ``[0, num_train)``) that are Byzantine in every
+    round: ``fraction * num_train`` of them, rounded half up, drawn from ``seed`` alone."""
+    count = math.floor(fraction * num_train + 0.5)
+    rng = np.random.default_rng([seed, FAULT_STREAM, 2])
+    return frozenset(int(d) for d in rng.choice(num_train, size=count, replace=False))
+
+
 def fault_of(faults: FaultsConfig, seed: int, server_round: int, partition: int,
-             attempt: int = 0) -> str | None:
-    """The way this reply fails (one of ``FAULT_KINDS``), or ``None``."""
+             attempt: int = 0, num_train: int = 0) -> str | None:
+    """The way this reply fails (one of ``FAULT_KINDS``), or ``None``; ``num_train``: the
+    training devices, of which ``faults.byzantine_devices`` always reply Byzantine."""
+    if faults.byzantine_devices and partition in byzantine_devices(
+            faults.byzantine_devices, seed, num_train):
+        return "byzantine"
     probabilities = [getattr(faults, kind) for kind in FAULT_KINDS]
     if not any(probabilities):
         return None

@@ -157,7 +157,7 @@ class FedMeta(FedAvg):
         attempt = self.attempt.get(server_round, 0)
         faults["byzantine"] = sum(
             fault_of(self.faults, self.seed, server_round, self.partitions[m.metadata.src_node_id],
-                     attempt) == "byzantine" for m in valid)
+                     attempt, self.fed.num_train) == "byzantine" for m in valid)
         bytes_up = sum(array_bytes(m.content) for m in replies if m.has_content())
         episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
         arrays, metrics = None, None
