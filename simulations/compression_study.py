@@ -21,6 +21,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 import budget_study
 from fedmeta import simulate
@@ -89,15 +90,25 @@ def table(rows: list[dict], task: str, seeds: list[int]) -> str:
 
 
 def plot(rows: list[dict], task: str, path: Path) -> None:
+    """Change in held-out quality against no compression (each seed, and their mean),
+    against uplink KB per update."""
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    baseline = {r["seed"]: r["post"] for r in rows[0]["runs"]}
     for r in rows:
-        ax.errorbar(r["kb_per_update"], r["post_mean"], yerr=r["post_sd"], fmt="o", capsize=3,
-                    label=r["compression"])
+        kb = r["kb_per_update"]
+        changes = [run["post"] - baseline[run["seed"]] for run in r["runs"]]
+        ax.scatter([kb] * len(changes), changes, s=14, alpha=0.5)
+        ax.plot([kb], [r["change_mean"]], "D", color=ax.collections[-1].get_facecolor()[0],
+                label=r["compression"])
+    ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("uplink KB per update (log)")
-    ax.set_ylabel("held-out post-adaptation " + ("accuracy" if task == "omniglot" else "MSE"))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("uplink KB per update (log scale)")
+    ax.set_ylabel("held-out post-adaptation " + ("accuracy" if task == "omniglot" else "MSE")
+                  + "\nchange vs none (dots: seeds, diamond: mean)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
