@@ -24,7 +24,8 @@ from .meta.trainer import OPTIMIZERS
 TASK_KINDS = ("sinusoid", "omniglot")
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
-AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "multi-krum")
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
+                "multi-krum")
 SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
 BYZANTINE_MODES = ("sign-flip", "scale")
 FAULT_KINDS = ("crash", "hang", "nan", "malformed", "byzantine")
@@ -107,6 +108,7 @@ class FederationConfig:
     norm_bound: float | None = None
     krum_malicious: int = 1
     krum_select: int | None = None
+    filter_factor: float = 3.0
 
     @property
     def num_train(self) -> int:
@@ -392,6 +394,9 @@ def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:
     if f.norm_bound is not None and not (math.isfinite(f.norm_bound) and f.norm_bound > 0):
         raise ConfigError("federation.norm_bound", f.norm_bound,
                           f'a finite number > 0, or "{AUTO}" (the median norm of the round)')
+    if not (math.isfinite(f.filter_factor) and f.filter_factor >= 1):
+        raise ConfigError("federation.filter_factor", f.filter_factor,
+                          "a finite number >= 1 (times the round's median update norm)")
     krum = f.aggregation == "multi-krum"  # sizes are checked against the round's if used
     if f.krum_malicious < 0 or (krum and f.krum_malicious >= f.train_per_round):
         raise ConfigError("federation.krum_malicious", f.krum_malicious,

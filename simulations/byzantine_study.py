@@ -7,8 +7,9 @@ devices Byzantine (a fixed set drawn from the seed, ``faults.byzantine_devices``
 Writes a markdown table of the held-out devices' final post-adaptation MSE per rule and the
 ratio of the attacked run to the same rule's fault-free run and to fault-free averaging (mean
 and range over the seeds) to ``--table``, every run's summary to the JSON beside it, and every
-run's outputs to ``--out`` (a run whose folder there already holds its very config and
-summary is read back, not run again).
+run's outputs to ``--out``: ``fault-free-RULE-seedS`` (shared by every attack) and
+``byzantine-MODE-xFACTOR-RULE-seedS``. A run whose folder already holds its very config and
+summary is read back, not run again.
 
 ``--trim-fraction`` and ``--krum-malicious`` default to ``fleet``: sized for the fleet's known
 Byzantine count B, the most attackers a round can sample (trim ``min(B, n) / n`` per side of
@@ -83,7 +84,8 @@ def rule_params(args: argparse.Namespace) -> tuple[float, int]:
 
 def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -> dict:
     trim, krum = rule_params(args)
-    name = f"{'byzantine' if attacked else 'fault-free'}-{aggregation}-seed{seed}"
+    attack = f"byzantine-{args.mode}-x{args.factor:g}"  # one folder per attack and rule
+    name = f"{attack if attacked else 'fault-free'}-{aggregation}-seed{seed}"
     cfg = config.load(overrides=[
         f"train.seed={seed}", f"federation.algorithm={args.algorithm}",
         f"federation.num_devices={args.devices}", f"federation.num_held_out={HELD_OUT}",
@@ -94,9 +96,10 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
         f"federation.eval_episodes={args.eval_episodes}",
         f"federation.aggregation={aggregation}",
         f"federation.trim_fraction={trim}", f"federation.krum_malicious={krum}",
-        f"faults.byzantine={args.byzantine if attacked else 0.0}",
-        f"faults.byzantine_devices={args.byzantine_devices if attacked else 0.0}",
-        f"faults.byzantine_mode={args.mode}", f"faults.byzantine_factor={args.factor}",
+        *([f"faults.byzantine={args.byzantine}",
+           f"faults.byzantine_devices={args.byzantine_devices}",
+           f"faults.byzantine_mode={args.mode}", f"faults.byzantine_factor={args.factor}"]
+          if attacked else []),  # fault-free runs: one config for every attack, reused
         *args.overrides])
     out = args.out / name
     if done(out, cfg):
@@ -137,9 +140,10 @@ def spread(values: list[float], digits: int = 2) -> str:
         rest = f"; the others {spread(finite, digits)}" if finite else ""
         return f"diverged in {len(values) - len(finite)} of {len(values)}{rest}"
     mean = statistics.fmean(values)
+    show = lambda v: f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.1e}"
     if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+        return show(mean)
+    return f"{show(mean)} ({show(min(values))}–{show(max(values))})"
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:

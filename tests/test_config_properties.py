@@ -120,6 +120,7 @@ OUT_OF_RANGE = {  # field -> values outside what it allows, with everything else
     "federation.max_retries": st.integers(max_value=-1),
     "federation.trim_fraction": st.floats(min_value=0.5) | st.floats(max_value=-1e-9),
     "federation.norm_bound": st.floats(max_value=0.0) | st.just(math.nan),
+    "federation.filter_factor": st.floats(max_value=0.9999) | st.just(math.inf),
     "federation.krum_malicious": st.integers(max_value=-1),
     "federation.krum_select": st.integers(max_value=0),
     "federation.aggregation": st.text(max_size=8),
@@ -142,7 +143,8 @@ def test_a_value_out_of_range_names_its_field(data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(sorted(OUT_OF_RANGE)))
     value = data.draw(OUT_OF_RANGE[name].filter(
         lambda v: not (isinstance(v, str) and v in ("mean", "median", "trimmed-mean",
-                                                    "norm-bound", "multi-krum", "retry",
+                                                    "norm-bound", "norm-filter",
+                                                    "multi-krum", "retry",
                                                     "skip", "sign-flip", "scale",
                                                     "indexed", "flower"))))
     with pytest.raises(ConfigError) as caught:

@@ -75,6 +75,16 @@ def test_each_rule_matches_its_definition() -> None:
     norms = np.linalg.norm(u, axis=1)
     scale = np.minimum(1, np.median(norms) / norms)[:, None]
     np.testing.assert_allclose(auto, (u * scale).mean(axis=0), rtol=1e-5)
+    big = np.concatenate([u[:6], 4 * u[6:]])  # two updates 4x the size of the others
+    kept = np.linalg.norm(big, axis=1) <= 3 * np.median(np.linalg.norm(big, axis=1))
+    assert kept.sum() == 6
+    filtered = flat(aggregate_updates(fed("norm-filter"), 1, replies(big, w), **KEYS)[0])
+    np.testing.assert_allclose(filtered, np.average(big[kept], axis=0,
+                                                    weights=np.array(w)[kept]),
+                               rtol=1e-5)
+    loose = flat(aggregate_updates(fed("norm-filter", filter_factor=6.0), 1, replies(big, w),
+                                   **KEYS)[0])
+    np.testing.assert_allclose(loose, np.average(big, axis=0, weights=w), rtol=1e-5)
 
 
 def test_multi_krum_keeps_the_updates_closest_to_their_neighbours() -> None:

@@ -12,9 +12,14 @@ optimizer then steps along, so one aggregation rule serves them all:
   et al. 2017; ``krum_select="auto"``: the replies minus ``krum_malicious``);
 - ``norm-bound``: every update scaled down to L2 norm at most ``norm_bound`` (``"auto"``: the
   median norm of the round's updates), then the weighted mean (Sun et al. 2019, "Can you
-  really backdoor federated learning?").
+  really backdoor federated learning?");
+- ``norm-filter``: the replies whose update norm exceeds ``filter_factor`` times the round's
+  median norm are left out, the rest averaged (weighted). Like TensorFlow Federated's
+  zeroing aggregator (Andrew et al. 2021), but a dropped reply does not dilute the mean.
+  It stops attackers whose updates stand out in size, at full honest quality; one that stays
+  under the threshold goes through unbounded in direction.
 
-Norm bounding is ours: Flower's clipping wrappers (``DifferentialPrivacyServerSide*``) clip
+Norm bounding and filtering are ours: Flower's clipping wrappers (``DifferentialPrivacyServerSide*``) clip
 the difference between a reply and the global *model* and add Gaussian noise for
 differential privacy, while our replies already are updates and we want no noise and a bound
 that adapts to the algorithm's update scale (the median norm, an honest one while honest
@@ -46,6 +51,8 @@ def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
                          num_nodes_to_select=max(1, min(select, num_replies)), **keys)
     if fed.aggregation == "norm-bound":
         return NormBoundedMean(fed.norm_bound, **keys)
+    if fed.aggregation == "norm-filter":
+        return NormFilteredMean(fed.filter_factor, **keys)
     return FedAvg(**keys)
 
 
@@ -82,3 +89,18 @@ class NormBoundedMean(FedAvg):
                     value = record[key].numpy()
                     record[key] = Array(np.asarray(value * value.dtype.type(scale)))
         return super().aggregate_train(server_round, replies)
+
+
+class NormFilteredMean(FedAvg):
+    """FedAvg over the updates of L2 norm at most ``factor`` times the round's median."""
+
+    def __init__(self, factor: float, **kwargs: str) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def aggregate_train(self, server_round: int, replies: list[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        norms = [update_norm(m.content[self.arrayrecord_key]) for m in replies]
+        bound = self.factor * float(np.median(norms)) if norms else 0.0
+        return super().aggregate_train(
+            server_round, [m for m, norm in zip(replies, norms) if norm <= bound])
