@@ -19,11 +19,11 @@ optimizer then steps along, so one aggregation rule serves them all:
   It stops attackers whose updates stand out in size, at full honest quality; one that stays
   under the threshold goes through unbounded in direction.
 
-Norm bounding and filtering are ours: Flower's clipping wrappers (``DifferentialPrivacyServerSide*``) clip
-the difference between a reply and the global *model* and add Gaussian noise for
-differential privacy, while our replies already are updates and we want no noise and a bound
-that adapts to the algorithm's update scale (the median norm, an honest one while honest
-devices are the majority).
+Norm bounding and filtering are ours: Flower's clipping wrappers
+(``DifferentialPrivacyServerSide*``) clip the difference between a reply and the global
+*model* and add Gaussian noise for differential privacy, while our replies already are
+updates and we want no noise and a bound that adapts to the algorithm's update scale (the
+median norm, an honest one while honest devices are the majority).
 
 Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
 count bytes before aggregating.
