@@ -7,8 +7,10 @@ adaptation, weighted by episodes) and ``eval`` (held-out devices before and afte
 those of the arrays sent to and received from devices. Faults (``docs/reliability.md``): the
 round's replies that timed out, crashed, were not finite or malformed (all rejected; ``dropped``
 counts the rejected replies), the Byzantine replies injected (accepted: robust aggregation's
-business), and which ``attempt`` of the round the row is with its ``status`` (``ok``,
-``retried``: too few good replies, tried again; ``skipped``: no server step). No host times:
+business), the good replies the aggregation rule left out and the Byzantine ones among them
+(``left_out``, ``byzantine_left_out``: ``norm-filter`` and ``multi-krum``), and which
+``attempt`` of the round the row is with its ``status`` (``ok``, ``retried``: too few good
+replies, tried again; ``skipped``: no server step). No host times:
 the table is a function of the config and the seed alone.
 """
 
@@ -25,8 +27,10 @@ from .meta.evaluation import METRICS
 SOURCES = ("train", "eval")  # in a round, devices train first, then held-out ones score
 SCORE_COLUMNS = tuple(c for m in METRICS for c in (m, f"{m}_ci95"))
 FAULT_COLUMNS = ("timed_out", "crashed", "non_finite", "malformed", "byzantine")
+RULE_COLUMNS = ("left_out", "byzantine_left_out")  # good replies the rule did not average
 COLUMNS = ("round", "source", "devices", "dropped", "episodes", *SCORE_COLUMNS,
-           "bytes_down", "bytes_up", "bytes_total", *FAULT_COLUMNS, "attempt", "status")
+           "bytes_down", "bytes_up", "bytes_total", *FAULT_COLUMNS, *RULE_COLUMNS, "attempt",
+           "status")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Row:
     scores: dict[str, float]
     bytes_down: int
     bytes_up: int
-    faults: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)  # FAULT_COLUMNS, RULE_COLUMNS
     attempt: int = 0
     status: str = "ok"
     extra: dict[str, float] = field(default_factory=dict)  # e.g. privacy's epsilon
@@ -52,7 +56,7 @@ class Row:
                 "dropped": self.dropped, "episodes": self.episodes,
                 **{c: float(self.scores.get(c, math.nan)) for c in SCORE_COLUMNS},
                 "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
-                **{c: int(self.faults.get(c, 0)) for c in FAULT_COLUMNS},
+                **{c: int(self.faults.get(c, 0)) for c in (*FAULT_COLUMNS, *RULE_COLUMNS)},
                 "attempt": self.attempt, "status": self.status, **self.extra}
 
     def brief(self) -> str:

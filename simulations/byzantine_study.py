@@ -6,7 +6,10 @@ devices Byzantine (a fixed set drawn from the seed, ``faults.byzantine_devices``
 ``--byzantine``, that share of the replies, ``faults.byzantine``), for every ``--seeds``.
 Writes a markdown table of the held-out devices' final post-adaptation MSE per rule and the
 ratio of the attacked run to the same rule's fault-free run and to fault-free averaging (mean
-and range over the seeds) to ``--table``, every run's summary to the JSON beside it, and every
+and range over the seeds) to ``--table``. The final meta-model of every run is scored again
+on ``--rescore-episodes`` tasks per held-out device (``fedmeta.held_out``, the tasks of the
+run's own evaluations and more), so that the ratios are not lost in the noise of a 25-episode
+evaluation. The table goes to ``--table``, every run's summary to the JSON beside it, and every
 run's outputs to ``--out``: ``fault-free-RULE-seedS`` (shared by every attack) and
 ``byzantine-MODE-xFACTOR-RULE-seedS``. A run whose folder already holds its very config and
 summary is read back, not run again.
@@ -31,6 +34,7 @@ import pandas as pd
 
 from fedmeta import config, simulate
 from fedmeta.config import AGGREGATIONS
+from fedmeta.held_out import rescore_run
 
 HELD_OUT = 4
 
@@ -48,7 +52,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=20, help=f"fleet size ({HELD_OUT} held out)")
     p.add_argument("--per-round", type=int, default=8, help="training devices per round")
     p.add_argument("--meta-batch", type=int, default=5, help="tasks per device and round")
-    p.add_argument("--eval-episodes", type=int, default=25, help="per held-out device")
+    p.add_argument("--eval-episodes", type=int, default=25,
+                   help="per held-out device, at the runs' own evaluations")
+    p.add_argument("--rescore-episodes", type=int, default=500,
+                   help="per held-out device, to score every run's final meta-model again "
+                        "(0: use the run's own last evaluation)")
     p.add_argument("--trim-fraction", default="fleet",
                    help='trimmed mean: cut per side, or "fleet" (see above)')
     p.add_argument("--krum-malicious", default="fleet",
@@ -109,12 +117,17 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
         s = frame.attrs["summary"]
     train, evaluated = (frame[frame["source"] == source] for source in ("train", "eval"))
     diverged = s["final_post_mse"] is None  # the model overflowed to inf/NaN
+    final = (rescored(out, args.rescore_episodes) if args.rescore_episodes and not diverged
+             else {"post_loss": s["final_post_mse"], "post_loss_ci95": s["final_post_mse_ci95"]})
     print(f"{name}: post-adaptation MSE "
-          f"{'diverged' if diverged else format(s['final_post_mse'], '.3f')} "
+          f"{'diverged' if diverged else format(final['post_loss'], '.3f')} "
           f"({s['wall_s']:.0f} s)", flush=True)
     return {"run": name, "aggregation": aggregation, "seed": seed, "attacked": attacked,
             "trim_fraction": trim, "krum_malicious": krum, "diverged": diverged,
+            "final_mse": final["post_loss"], "final_mse_ci95": final["post_loss_ci95"],
             "byzantine_replies": int(train["byzantine"].sum()),
+            "byzantine_left_out": int(train["byzantine_left_out"].sum())
+            if "byzantine_left_out" in train else None,  # runs before the column: unknown
             "replies": int(train["devices"].sum()),
             "max_byzantine_per_round": int(train["byzantine"].max()),
             "rounds_by_byzantine_count": {int(k): int(v) for k, v in
@@ -122,6 +135,17 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
             "post_mse_by_round": {int(r): None if math.isnan(v) else float(v) for r, v in
                                   evaluated[["round", "post_loss"]].itertuples(index=False)},
             **s}
+
+
+def rescored(out: Path, episodes: int) -> dict[str, float]:
+    """The run's final meta-model scored on ``episodes`` tasks per held-out device, kept in
+    ``out`` after the first time."""
+    path = out / f"held_out_{episodes}_episodes.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = rescore_run(out, episodes)
+    path.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
 
 
 def done(out: Path, cfg: config.Config) -> bool:
@@ -158,16 +182,21 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     attack = (f"{args.byzantine_devices:.0%} of the training devices (a fixed set per seed)"
               if args.byzantine_devices else f"{args.byzantine:.0%} of the replies")
     mse = lambda a, attacked: [math.inf if by[a, s, attacked]["diverged"] else
-                               by[a, s, attacked]["final_post_mse"] for s in seeds]
+                               by[a, s, attacked].get("final_mse", by[a, s, attacked][
+                                   "final_post_mse"]) for s in seeds]  # older JSON: no rescore
+    scored = (f"rescored on {args.rescore_episodes} episodes per held-out device"
+              if args.rescore_episodes else f"{args.eval_episodes} episodes per held-out device")
     lines = [f"{args.algorithm}, {args.rounds} rounds, {args.per_round} of "
              f"{args.devices - HELD_OUT} training devices per round, {HELD_OUT} held-out "
              f"devices x {args.eval_episodes} episodes; Byzantine: {attack}, {args.mode} x "
              f"{args.factor:g}; trim_fraction {trim:g}, krum_malicious {krum}; seeds "
              f"{', '.join(map(str, seeds))}. Post-adaptation MSE of the held-out devices "
-             f"after the last round; every cell: mean over the seeds (min–max).", "",
+             f"after the last round, {scored}; every cell: mean over the seeds (min–max). "
+             f"Left out: the Byzantine replies the rule did not average.", "",
              "| aggregation | MSE fault-free | MSE Byzantine | Byzantine replies (max per "
-             "round) | Byzantine vs same rule fault-free | Byzantine vs mean fault-free |",
-             "|---|---|---|---|---|---|"]
+             "round) | left out | Byzantine vs same rule fault-free | Byzantine vs mean "
+             "fault-free |",
+             "|---|---|---|---|---|---|---|"]
     baseline = mse("mean", False)  # KeyError: no fault-free mean runs (see --baseline)
     for a in args.aggregations:
         clean, attacked = mse(a, False), mse(a, True)
@@ -175,17 +204,26 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(
             f"| {a} | {spread(clean, 3)} | {spread(attacked, 3)} | "
             f"{sum(h['byzantine_replies'] for h in hits)}/{sum(h['replies'] for h in hits)} "
-            f"({max(h['max_byzantine_per_round'] for h in hits)}) | "
+            f"({max(h['max_byzantine_per_round'] for h in hits)}) | {left_out(hits)} | "
             f"{spread([x / c for x, c in zip(attacked, clean)])}x | "
             f"{spread([x / c for x, c in zip(attacked, baseline)])}x |")
     return "\n".join(lines + ["", *by_round(rows, args)]) + "\n"
 
 
+def left_out(hits: list[dict]) -> str:
+    """How many of the attacked runs' Byzantine replies the rule left out."""
+    counts = [h.get("byzantine_left_out") for h in hits]
+    if None in counts:
+        return "not recorded"
+    return f"{sum(counts)}/{sum(h['byzantine_replies'] for h in hits)}"
+
+
 def by_round(rows: list[dict], args: argparse.Namespace) -> list[str]:
     """Post-adaptation MSE at every evaluation, mean over the seeds."""
     rounds = sorted({int(r) for row in rows for r in row["post_mse_by_round"]})
-    lines = ["Post-adaptation MSE at every evaluation (mean over the seeds; diverged: in at "
-             "least one seed):", "",
+    lines = [f"Post-adaptation MSE at every evaluation of the runs ({args.eval_episodes} "
+             "episodes per held-out device; mean over the seeds; diverged: in at least one "
+             "seed):", "",
              "| aggregation | run | " + " | ".join(f"round {r}" for r in rounds) + " |",
              "|---|---|" + "---|" * len(rounds)]
     for a in args.aggregations:

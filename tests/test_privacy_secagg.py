@@ -42,7 +42,7 @@ def test_secagg_mean_equals_the_plain_mean_within_quantisation_error() -> None:
     assert len(messages) == 3
 
     plain_replies = list(grid.send_and_receive(messages))
-    plain, _ = FedMeta.aggregate_updates(strategy, 1, plain_replies)
+    plain, *_ = FedMeta.aggregate_updates(strategy, 1, plain_replies)
     result = secure_mean(grid, messages, cfg.privacy, 4)
 
     assert sorted(result.devices) == sorted(m.metadata.dst_node_id for m in messages)

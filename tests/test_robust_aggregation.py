@@ -97,6 +97,15 @@ def test_multi_krum_keeps_the_updates_closest_to_their_neighbours() -> None:
     assert any(np.allclose(krum, h) for h in HONEST[:6])
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_rules_name_the_replies_they_leave_out(aggregation: str) -> None:
+    u = np.concatenate([HONEST[:6], 50 * HONEST[6:]])  # two updates far away and 50x as big
+    sent = replies(u)
+    _, _, left_out = aggregate_updates(fed(aggregation, krum_malicious=2), 1, sent, **KEYS)
+    selecting = aggregation in ("norm-filter", "multi-krum")
+    assert [sent.index(m) for m in left_out] == ([6, 7] if selecting else [])
+
+
 def test_update_norm_is_the_norm_of_all_arrays_together() -> None:
     record = replies(HONEST[:1])[0].content["arrays"]
     assert update_norm(record) == pytest.approx(float(np.linalg.norm(HONEST[0])), rel=1e-6)
@@ -132,3 +141,19 @@ def test_every_rule_works_with_every_federated_algorithm(algorithm: str) -> None
     assert (frame.query("source == 'train'")["status"] == "ok").all()
     assert all(torch.isfinite(v).all() for v in params.values())
     assert frame["post_loss"].notna().all()
+
+
+def test_results_count_the_byzantine_replies_a_filter_leaves_out() -> None:
+    cfg = from_dict({"train": {"seed": 3},
+                     "faults": {"byzantine": 0.3, "byzantine_factor": 1000.0},
+                     "federation": {"aggregation": "norm-filter", "num_devices": 8,
+                                    "num_held_out": 1, "rounds": 4, "fraction_train": 1.0,
+                                    "meta_batch": 2, "local_steps": 1, "eval_every": 4,
+                                    "eval_episodes": 2}})
+    rows: list = []
+    run_federation(LocalGrid(client_app.app, 8), cfg, rows.append)
+    train = table(rows).query("source == 'train'")
+    assert train["byzantine"].sum() > 0
+    # 1000x sign-flipped updates stand out: every one is left out, and no honest one
+    assert (train["byzantine_left_out"] == train["byzantine"]).all()
+    assert (train["left_out"] == train["byzantine"]).all()

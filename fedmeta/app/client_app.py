@@ -4,9 +4,9 @@ A device learns which partition it is from its node config (``partition-id``,
 ``num-partitions``) and everything else from each message's ConfigRecord, so the same app
 runs under the simulation engine and on real SuperNodes. Its random draws come from
 ``(seed, round, partition-id)`` alone: training episodes from ``[seed, round, pid]``,
-evaluation episodes from ``[seed, 0, pid]`` (the same at every evaluation, so rounds are
-compared on the same tasks), whatever the scheduling; injected faults (``[faults]``,
-``fedmeta.app.faults``) from ``[seed, round, pid, attempt]``.
+evaluation episodes from ``[seed, 0, pid]`` (``fedmeta.held_out``: the same at every
+evaluation, so rounds are compared on the same tasks), whatever the scheduling; injected
+faults (``[faults]``, ``fedmeta.app.faults``) from ``[seed, round, pid, attempt]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from flwr.clientapp import ClientApp
 from ..config import Config, from_flat
 from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
 from ..fleet import FleetRun, enabled as fleet_enabled
-from ..local_update import evaluate_device, local_meta_train
+from ..held_out import score_device
+from ..local_update import local_meta_train
 from ..meta import MetaLearner, build_learner
 from ..models import build_model
 from ..privacy.mechanism import device_release
@@ -143,10 +144,8 @@ def evaluate(message: Message, context: Context) -> Message:
     """Adapt the received meta-model on fresh tasks' supports; reply per-episode scores."""
     device = device_of(message, context)
     cfg = device.cfg
-    rng = np.random.default_rng([cfg.train.seed, 0, device.partition])
-    steps = adapt_steps(device.algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, True)
-    scores = evaluate_device(device.learner, to_params(message.content[ARRAYS]), device.source,
-                             rng, cfg.federation.eval_episodes, steps)
+    scores = score_device(cfg, device.learner, to_params(message.content[ARRAYS]),
+                          device.source, device.partition, cfg.federation.eval_episodes)
     content = RecordDict({SCORES: scores_record(scores),
                           METRICS: _means(scores, cfg.federation.eval_episodes)})
     return Message(content, reply_to=message)

@@ -96,7 +96,7 @@ class PrivateFedMeta(FedMeta):
 
     # -- the private mean ------------------------------------------------------------------
     def aggregate_updates(self, server_round: int, replies: list[Message]
-                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
         p, clip_norm = self.privacy, self.clip_norm
         server_clips = p.clipping != "none" and p.noise != "local"
         clipped_count, norms = 0, []
@@ -108,9 +108,9 @@ class PrivateFedMeta(FedMeta):
                 reply.content[ARRAYS] = to_record(update)
             norms.append(l2_norm(update))
         self.norms[server_round], self.used_clip_norm[server_round] = norms, clip_norm
-        arrays, metrics = super().aggregate_updates(server_round, replies)
+        arrays, metrics, left_out = super().aggregate_updates(server_round, replies)
         if arrays is None:
-            return arrays, metrics
+            return arrays, metrics, left_out
         if p.noise == "central":
             weights = [float(r.content[METRICS][NUM_EXAMPLES]) for r in replies]
             std = self.noise_multiplier * mean_sensitivity(clip_norm, weights)
@@ -121,7 +121,7 @@ class PrivateFedMeta(FedMeta):
         if self.adaptive:
             self.adaptive.update(clipped_count, len(replies), np.random.default_rng(
                 [self.seed, server_round, NOISE_STREAM, 1]))
-        return arrays, metrics
+        return arrays, metrics, left_out
 
     # -- secure aggregation ----------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -8,8 +8,9 @@ optimizer then steps along, so one aggregation rule serves them all:
 - ``trimmed-mean``: coordinate-wise mean without the ``trim_fraction`` largest and smallest
   values (Flower's ``FedTrimmedAvg``, ``beta = trim_fraction``);
 - ``multi-krum``: the ``krum_select`` updates closest to their neighbours, assuming at most
-  ``krum_malicious`` attackers, then their weighted mean (Flower's ``MultiKrum``, Blanchard
-  et al. 2017; ``krum_select="auto"``: the replies minus ``krum_malicious``);
+  ``krum_malicious`` attackers, then their weighted mean (Flower's ``select_multikrum``, as
+  its ``MultiKrum`` does, Blanchard et al. 2017; ``krum_select="auto"``: the replies minus
+  ``krum_malicious``);
 - ``norm-bound``: every update scaled down to L2 norm at most ``norm_bound`` (``"auto"``: the
   median norm of the round's updates), then the weighted mean (Sun et al. 2019, "Can you
   really backdoor federated learning?");
@@ -25,6 +26,9 @@ Norm bounding and filtering are ours: Flower's clipping wrappers
 updates and we want no noise and a bound that adapts to the algorithm's update scale (the
 median norm, an honest one while honest devices are the majority).
 
+The rules that leave replies out (``norm-filter``, ``multi-krum``) say which ones, so the
+server can count them, and the Byzantine replies among them, in ``results.csv``.
+
 Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
 count bytes before aggregating.
 """
@@ -33,7 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from ..config import FederationConfig
 
@@ -47,8 +52,7 @@ def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
         return FedTrimmedAvg(beta=fed.trim_fraction, **keys)
     if fed.aggregation == "multi-krum":
         select = fed.krum_select or num_replies - fed.krum_malicious
-        return MultiKrum(num_malicious_nodes=fed.krum_malicious,
-                         num_nodes_to_select=max(1, min(select, num_replies)), **keys)
+        return MultiKrumMean(fed.krum_malicious, max(1, min(select, num_replies)), **keys)
     if fed.aggregation == "norm-bound":
         return NormBoundedMean(fed.norm_bound, **keys)
     if fed.aggregation == "norm-filter":
@@ -57,9 +61,13 @@ def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
 
 
 def aggregate_updates(fed: FederationConfig, server_round: int, replies: list[Message],
-                      **keys: str) -> tuple[ArrayRecord | None, MetricRecord | None]:
-    """The aggregated update and the replies' mean metrics, by ``fed.aggregation``."""
-    return aggregator(fed, len(replies), **keys).aggregate_train(server_round, replies)
+                      **keys: str
+                      ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
+    """The aggregated update, the mean metrics of the replies it averages and the replies
+    it left out (``norm-filter``, ``multi-krum``), by ``fed.aggregation``."""
+    rule = aggregator(fed, len(replies), **keys)
+    arrays, metrics = rule.aggregate_train(server_round, replies)
+    return arrays, metrics, rule.left_out if isinstance(rule, SelectingMean) else []
 
 
 def update_norm(record: ArrayRecord) -> float:
@@ -91,16 +99,48 @@ class NormBoundedMean(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
-class NormFilteredMean(FedAvg):
+class SelectingMean(FedAvg):
+    """FedAvg over the replies ``select`` keeps; ``left_out`` holds the others of the last
+    call."""
+
+    left_out: list[Message] = []
+
+    def select(self, replies: list[Message]) -> list[Message]:
+        """The replies to average, in the order they are summed."""
+        raise NotImplementedError
+
+    def aggregate_train(self, server_round: int, replies: list[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        kept = self.select(replies)
+        self.left_out = [m for m in replies if all(m is not k for k in kept)]
+        return super().aggregate_train(server_round, kept)
+
+
+class NormFilteredMean(SelectingMean):
     """FedAvg over the updates of L2 norm at most ``factor`` times the round's median."""
 
     def __init__(self, factor: float, **kwargs: str) -> None:
         super().__init__(**kwargs)
         self.factor = factor
 
-    def aggregate_train(self, server_round: int, replies: list[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def select(self, replies: list[Message]) -> list[Message]:
         norms = [update_norm(m.content[self.arrayrecord_key]) for m in replies]
         bound = self.factor * float(np.median(norms)) if norms else 0.0
-        return super().aggregate_train(
-            server_round, [m for m, norm in zip(replies, norms) if norm <= bound])
+        return [m for m, norm in zip(replies, norms) if norm <= bound]
+
+
+class MultiKrumMean(SelectingMean):
+    """FedAvg over the ``select`` replies Multi-Krum picks, assuming ``malicious``
+    attackers (Flower's ``select_multikrum``)."""
+
+    def __init__(self, malicious: int, select: int, **kwargs: str) -> None:
+        super().__init__(**kwargs)
+        self.malicious, self.count = malicious, select
+
+    def select(self, replies: list[Message]) -> list[Message]:
+        if not replies:
+            return []
+        by_content = {id(m.content): m for m in replies}
+        return [by_content[id(c)] for c in select_multikrum([m.content for m in replies],
+                                                             self.malicious, self.count)]

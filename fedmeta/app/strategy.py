@@ -155,14 +155,17 @@ class FedMeta(FedAvg):
         valid, faults = self._usable(server_round, replies, self._train_problem)
         faults["timed_out"] = self._missing("train", server_round, replies)
         attempt = self.attempt.get(server_round, 0)
-        faults["byzantine"] = sum(
-            fault_of(self.faults, self.seed, server_round, self.partitions[m.metadata.src_node_id],
-                     attempt, self.fed.num_train) == "byzantine" for m in valid)
+        byzantine = lambda m: fault_of(  # noqa: E731
+            self.faults, self.seed, server_round, self.partitions[m.metadata.src_node_id],
+            attempt, self.fed.num_train) == "byzantine"
+        faults["byzantine"] = sum(map(byzantine, valid))
         bytes_up = sum(array_bytes(m.content) for m in replies if m.has_content())
         episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
         arrays, metrics = None, None
         if len(valid) >= self.fed.min_good_replies:
-            arrays, metrics = self.aggregate_updates(server_round, valid)
+            arrays, metrics, left_out = self.aggregate_updates(server_round, valid)
+            faults["left_out"] = len(left_out)
+            faults["byzantine_left_out"] = sum(map(byzantine, left_out))
         if arrays is not None:
             self.trainer.step(MetaUpdate(to_params(arrays), {}))
             status = "ok"
@@ -185,10 +188,10 @@ class FedMeta(FedAvg):
         return len(set(asked) - {m.metadata.src_node_id for m in replies})
 
     def aggregate_updates(self, server_round: int, replies: list[Message]
-                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
         """The mean pseudo-gradient of good replies by ``federation.aggregation`` (weighted
-        by episodes where the rule weighs); ``privacy_wrap.PrivateFedMeta`` clips and noises
-        here."""
+        by episodes where the rule weighs), its metrics and the replies the rule left out;
+        ``privacy_wrap.PrivateFedMeta`` clips and noises here."""
         return robust_aggregate(self.fed, server_round, replies,
                                 weighted_by_key=self.weighted_by_key,
                                 arrayrecord_key=self.arrayrecord_key,

@@ -9,7 +9,7 @@ from importlib import import_module
 from ..errors import FedmetaError
 
 # Each module defines ``add_parser(subparsers)`` (which sets ``func``) for its subcommand.
-SUBCOMMANDS = ("train", "evaluate", "data", "run", "deploy", "export")
+SUBCOMMANDS = ("train", "evaluate", "data", "run", "rescore", "deploy", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
