@@ -27,7 +27,7 @@ PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
                 "multi-krum")
 SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
-BYZANTINE_MODES = ("sign-flip", "scale")
+BYZANTINE_MODES = ("sign-flip", "scale", "omit")
 FAULT_KINDS = ("crash", "hang", "nan", "malformed", "byzantine")
 DISPATCHES = ("indexed", "flower")  # simulation.dispatch: fedmeta.app.dispatch
 

@@ -119,12 +119,13 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
     diverged = s["final_post_mse"] is None  # the model overflowed to inf/NaN
     final = (rescored(out, args.rescore_episodes) if args.rescore_episodes and not diverged
              else {"post_loss": s["final_post_mse"], "post_loss_ci95": s["final_post_mse_ci95"]})
+    diverged = diverged or "post_loss" not in final  # no finite MSE on the rescoring tasks
     print(f"{name}: post-adaptation MSE "
-          f"{'diverged' if diverged else format(final['post_loss'], '.3f')} "
+          f"{'diverged' if diverged else format(final['post_loss'], '.4g')} "
           f"({s['wall_s']:.0f} s)", flush=True)
     return {"run": name, "aggregation": aggregation, "seed": seed, "attacked": attacked,
             "trim_fraction": trim, "krum_malicious": krum, "diverged": diverged,
-            "final_mse": final["post_loss"], "final_mse_ci95": final["post_loss_ci95"],
+            "final_mse": final.get("post_loss"), "final_mse_ci95": final.get("post_loss_ci95"),
             "byzantine_replies": int(train["byzantine"].sum()),
             "byzantine_left_out": int(train["byzantine_left_out"].sum())
             if "byzantine_left_out" in train else None,  # runs before the column: unknown

@@ -17,7 +17,7 @@ from fedmeta.app import client_app
 from fedmeta.app.faults import byzantine_devices, fault_of
 from fedmeta.app.server_app import run_federation
 from fedmeta.app.strategy import FedMeta
-from fedmeta.config import FAULT_KINDS, ConfigError, FaultsConfig, from_dict
+from fedmeta.config import BYZANTINE_MODES, FAULT_KINDS, ConfigError, FaultsConfig, from_dict
 from fedmeta.results import FAULT_COLUMNS, table
 from local_grid import LocalGrid
 from threaded_grid import ThreadedGrid
@@ -81,9 +81,10 @@ def test_byzantine_devices_must_be_a_share_below_one(share: float) -> None:
     assert caught.value.field == "faults.byzantine_devices"
 
 
-def test_the_server_counts_the_sampled_byzantine_devices_every_round() -> None:
-    cfg = config({"byzantine_devices": 0.375}, rounds=4, num_devices=9, fraction_train=0.5,
-                 min_train_devices=4)
+@pytest.mark.parametrize("mode", BYZANTINE_MODES)
+def test_the_server_counts_the_sampled_byzantine_devices_every_round(mode: str) -> None:
+    cfg = config({"byzantine_devices": 0.375, "byzantine_mode": mode}, rounds=4,
+                 num_devices=9, fraction_train=0.5, min_train_devices=4)
     rows: list = []
     grid = RecordingGrid(client_app.app, 9)
     run_federation(grid, cfg, rows.append)
@@ -92,8 +93,12 @@ def test_the_server_counts_the_sampled_byzantine_devices_every_round() -> None:
     planned = Counter({(r, a): 0 for r, a, _ in grid.trained})
     planned.update((r, a) for r, a, p in grid.trained if p in bad)
     frame = table(rows).query("source == 'train'").set_index(["round", "attempt"])
-    assert frame["byzantine"].to_dict() == dict(planned)
-    assert frame["byzantine"].sum() > 0 and (frame["status"] == "ok").all()
+    column = "crashed" if mode == "omit" else "byzantine"  # omitted: an error, not an update
+    assert frame[column].to_dict() == dict(planned)
+    assert frame[column].sum() > 0 and (frame["status"] == "ok").all()
+    if mode == "omit":  # the other sampled devices still reply
+        assert (frame["devices"] + frame["crashed"] == 4).all()
+        assert (frame["byzantine"] == 0).all()
 
 
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "hang"])

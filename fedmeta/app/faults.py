@@ -13,7 +13,9 @@ way:
   reply comes after the server stopped waiting for the round;
 - ``nan``: every entry of the update is NaN (or +Inf);
 - ``malformed``: the update has a wrong dtype (float64), a wrong shape or a missing array;
-- ``byzantine``: ``sign-flip`` replies ``-factor * update``, ``scale`` ``factor * update``.
+- ``byzantine``: ``sign-flip`` replies ``-factor * update``, ``scale`` ``factor * update``;
+  ``omit`` raises like ``crash`` (an omission fault: what a rule that recognised every
+  attacker would leave the federation with).
 
 Evaluation on held-out devices is the measurement and stays fault-free.
 """
@@ -72,6 +74,9 @@ def before_training(fault: str | None, cfg: Config) -> None:
     """Crash or hang, as the fault says."""
     if fault == "crash":
         raise InjectedCrash("injected fault: the device crashed (faults.crash)")
+    if fault == "byzantine" and cfg.faults.byzantine_mode == "omit":
+        raise InjectedCrash("injected fault: the Byzantine device sent no update "
+                            "(faults.byzantine_mode = omit)")
     if fault == "hang":
         time.sleep(cfg.federation.round_timeout + cfg.faults.hang_extra_s)
 
