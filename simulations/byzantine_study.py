@@ -37,6 +37,7 @@ from fedmeta.config import AGGREGATIONS
 from fedmeta.held_out import rescore_run
 
 HELD_OUT = 4
+LEAVES_OUT = ("norm-filter", "multi-krum")  # the rules that average only some replies
 
 
 def parse_args() -> argparse.Namespace:
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
         frame = simulate(cfg, out, progress=False)
         s = frame.attrs["summary"]
     train, evaluated = (frame[frame["source"] == source] for source in ("train", "eval"))
+    hits = train["crashed" if args.mode == "omit" else "byzantine"]  # omitted: error replies
     diverged = s["final_post_mse"] is None  # the model overflowed to inf/NaN
     final = (rescored(out, args.rescore_episodes) if args.rescore_episodes and not diverged
              else {"post_loss": s["final_post_mse"], "post_loss_ci95": s["final_post_mse_ci95"]})
@@ -126,13 +128,13 @@ def run(args: argparse.Namespace, aggregation: str, seed: int, attacked: bool) -
     return {"run": name, "aggregation": aggregation, "seed": seed, "attacked": attacked,
             "trim_fraction": trim, "krum_malicious": krum, "diverged": diverged,
             "final_mse": final.get("post_loss"), "final_mse_ci95": final.get("post_loss_ci95"),
-            "byzantine_replies": int(train["byzantine"].sum()),
+            "byzantine_replies": int(hits.sum()),
             "byzantine_left_out": int(train["byzantine_left_out"].sum())
             if "byzantine_left_out" in train else None,  # runs before the column: unknown
-            "replies": int(train["devices"].sum()),
-            "max_byzantine_per_round": int(train["byzantine"].max()),
+            "replies": int((train["devices"] + train["dropped"]).sum()),
+            "max_byzantine_per_round": int(hits.max()),
             "rounds_by_byzantine_count": {int(k): int(v) for k, v in
-                                          train["byzantine"].value_counts().sort_index().items()},
+                                          hits.value_counts().sort_index().items()},
             "post_mse_by_round": {int(r): None if math.isnan(v) else float(v) for r, v in
                                   evaluated[["round", "post_loss"]].itertuples(index=False)},
             **s}
@@ -189,11 +191,13 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
               if args.rescore_episodes else f"{args.eval_episodes} episodes per held-out device")
     lines = [f"{args.algorithm}, {args.rounds} rounds, {args.per_round} of "
              f"{args.devices - HELD_OUT} training devices per round, {HELD_OUT} held-out "
-             f"devices x {args.eval_episodes} episodes; Byzantine: {attack}, {args.mode} x "
-             f"{args.factor:g}; trim_fraction {trim:g}, krum_malicious {krum}; seeds "
+             f"devices x {args.eval_episodes} episodes; Byzantine: {attack}, "
+             f"{'omit (no update)' if args.mode == 'omit' else f'{args.mode} x {args.factor:g}'}"
+             f"; trim_fraction {trim:g}, krum_malicious {krum}; seeds "
              f"{', '.join(map(str, seeds))}. Post-adaptation MSE of the held-out devices "
              f"after the last round, {scored}; every cell: mean over the seeds (min–max). "
-             f"Left out: the Byzantine replies the rule did not average.", "",
+             f"Left out: the Byzantine replies the rule did not average (–: it averages "
+             f"every reply).", "",
              "| aggregation | MSE fault-free | MSE Byzantine | Byzantine replies (max per "
              "round) | left out | Byzantine vs same rule fault-free | Byzantine vs mean "
              "fault-free |",
@@ -205,14 +209,25 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(
             f"| {a} | {spread(clean, 3)} | {spread(attacked, 3)} | "
             f"{sum(h['byzantine_replies'] for h in hits)}/{sum(h['replies'] for h in hits)} "
-            f"({max(h['max_byzantine_per_round'] for h in hits)}) | {left_out(hits)} | "
-            f"{spread([x / c for x, c in zip(attacked, clean)])}x | "
-            f"{spread([x / c for x, c in zip(attacked, baseline)])}x |")
+            f"({max(h['max_byzantine_per_round'] for h in hits)}) | "
+            f"{left_out(hits, a, args.mode)} | "
+            f"{ratio([x / c for x, c in zip(attacked, clean)])} | "
+            f"{ratio([x / c for x, c in zip(attacked, baseline)])} |")
     return "\n".join(lines + ["", *by_round(rows, args)]) + "\n"
 
 
-def left_out(hits: list[dict]) -> str:
+def ratio(values: list[float]) -> str:
+    """``spread`` of ratios, with an ``x`` after the finite ones."""
+    text = spread(values)
+    return text if text.startswith("diverged") and ";" not in text else f"{text}x"
+
+
+def left_out(hits: list[dict], aggregation: str, mode: str) -> str:
     """How many of the attacked runs' Byzantine replies the rule left out."""
+    if mode == "omit":
+        return "none sent"
+    if aggregation not in LEAVES_OUT:
+        return "–"
     counts = [h.get("byzantine_left_out") for h in hits]
     if None in counts:
         return "not recorded"
