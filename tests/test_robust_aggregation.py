@@ -85,6 +85,18 @@ def test_each_rule_matches_its_definition() -> None:
     loose = flat(aggregate_updates(fed("norm-filter", filter_factor=6.0), 1, replies(big, w),
                                    **KEYS)[0])
     np.testing.assert_allclose(loose, np.average(big, axis=0, weights=w), rtol=1e-5)
+    filtered_bounded = flat(aggregate_updates(fed("norm-filter-bound"), 1, replies(big, w),
+                                              **KEYS)[0])
+    norms = np.linalg.norm(big, axis=1)  # the median of all replies bounds the kept ones
+    scale = np.minimum(1, np.median(norms) / norms)[:, None]
+    np.testing.assert_allclose(filtered_bounded, np.average((big * scale)[kept], axis=0,
+                                                            weights=np.array(w)[kept]),
+                               rtol=1e-5)
+    fixed = flat(aggregate_updates(fed("norm-filter-bound", norm_bound=bound), 1,
+                                   replies(big, w), **KEYS)[0])
+    scale = np.minimum(1, bound / norms)[:, None]
+    np.testing.assert_allclose(fixed, np.average((big * scale)[kept], axis=0,
+                                                 weights=np.array(w)[kept]), rtol=1e-5)
 
 
 def test_multi_krum_keeps_the_updates_closest_to_their_neighbours() -> None:
@@ -102,7 +114,7 @@ def test_rules_name_the_replies_they_leave_out(aggregation: str) -> None:
     u = np.concatenate([HONEST[:6], 50 * HONEST[6:]])  # two updates far away and 50x as big
     sent = replies(u)
     _, _, left_out = aggregate_updates(fed(aggregation, krum_malicious=2), 1, sent, **KEYS)
-    selecting = aggregation in ("norm-filter", "multi-krum")
+    selecting = aggregation in ("norm-filter", "norm-filter-bound", "multi-krum")
     assert [sent.index(m) for m in left_out] == ([6, 7] if selecting else [])
 
 

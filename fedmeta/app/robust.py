@@ -19,6 +19,10 @@ optimizer then steps along, so one aggregation rule serves them all:
   zeroing aggregator (Andrew et al. 2021), but a dropped reply does not dilute the mean.
   It stops attackers whose updates stand out in size, at full honest quality; one that stays
   under the threshold goes through unbounded in direction.
+- ``norm-filter-bound``: ``norm-filter``, then every update it keeps scaled down to L2 norm at
+  most ``norm_bound`` (``"auto"``: the round's median norm), then the weighted mean. The
+  composition of TensorFlow Federated's ``robust_aggregator`` (zeroing, then clipping): the
+  filter drops the updates that stand out, the bound caps what a kept attacker can do.
 
 Norm bounding and filtering are ours: Flower's clipping wrappers
 (``DifferentialPrivacyServerSide*``) clip the difference between a reply and the global
@@ -26,7 +30,7 @@ Norm bounding and filtering are ours: Flower's clipping wrappers
 updates and we want no noise and a bound that adapts to the algorithm's update scale (the
 median norm, an honest one while honest devices are the majority).
 
-The rules that leave replies out (``norm-filter``, ``multi-krum``) say which ones, so the
+The rules that leave replies out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``) say which ones, so the
 server can count them, and the Byzantine replies among them, in ``results.csv``.
 
 Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
@@ -57,6 +61,8 @@ def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
         return NormBoundedMean(fed.norm_bound, **keys)
     if fed.aggregation == "norm-filter":
         return NormFilteredMean(fed.filter_factor, **keys)
+    if fed.aggregation == "norm-filter-bound":
+        return NormFilteredMean(fed.filter_factor, bounded=True, bound=fed.norm_bound, **keys)
     return FedAvg(**keys)
 
 
@@ -64,7 +70,8 @@ def aggregate_updates(fed: FederationConfig, server_round: int, replies: list[Me
                       **keys: str
                       ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
     """The aggregated update, the mean metrics of the replies it averages and the replies
-    it left out (``norm-filter``, ``multi-krum``), by ``fed.aggregation``."""
+    it left out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``), by
+    ``fed.aggregation``."""
     rule = aggregator(fed, len(replies), **keys)
     arrays, metrics = rule.aggregate_train(server_round, replies)
     return arrays, metrics, rule.left_out if isinstance(rule, SelectingMean) else []
@@ -74,6 +81,16 @@ def update_norm(record: ArrayRecord) -> float:
     """The L2 norm of every array of ``record`` taken together."""
     return float(np.sqrt(sum(np.square(a.numpy(), dtype=np.float64).sum()
                              for a in record.values())))
+
+
+def bound_norm(record: ArrayRecord, norm: float, bound: float) -> None:
+    """Scale the update ``record`` (of L2 norm ``norm``) in place down to norm ``bound``,
+    if it is above."""
+    if norm > bound:
+        scale = bound / norm
+        for key in list(record.keys()):
+            value = record[key].numpy()
+            record[key] = Array(np.asarray(value * value.dtype.type(scale)))
 
 
 class NormBoundedMean(FedAvg):
@@ -91,11 +108,7 @@ class NormBoundedMean(FedAvg):
         bound = self.bound if self.bound is not None else float(np.median(norms)) if norms \
             else 0.0
         for record, norm in zip(records, norms):
-            if norm > bound:
-                scale = bound / norm
-                for key in list(record.keys()):
-                    value = record[key].numpy()
-                    record[key] = Array(np.asarray(value * value.dtype.type(scale)))
+            bound_norm(record, norm, bound)
         return super().aggregate_train(server_round, replies)
 
 
@@ -118,16 +131,24 @@ class SelectingMean(FedAvg):
 
 
 class NormFilteredMean(SelectingMean):
-    """FedAvg over the updates of L2 norm at most ``factor`` times the round's median."""
+    """FedAvg over the updates of L2 norm at most ``factor`` times the round's median; with
+    ``bounded``, those updates are first scaled down to norm at most ``bound`` (``None``: the
+    round's median norm)."""
 
-    def __init__(self, factor: float, **kwargs: str) -> None:
+    def __init__(self, factor: float, bounded: bool = False, bound: float | None = None,
+                 **kwargs: str) -> None:
         super().__init__(**kwargs)
-        self.factor = factor
+        self.factor, self.bounded, self.bound = factor, bounded, bound
 
     def select(self, replies: list[Message]) -> list[Message]:
         norms = [update_norm(m.content[self.arrayrecord_key]) for m in replies]
-        bound = self.factor * float(np.median(norms)) if norms else 0.0
-        return [m for m, norm in zip(replies, norms) if norm <= bound]
+        median = float(np.median(norms)) if norms else 0.0
+        kept = [(m, norm) for m, norm in zip(replies, norms) if norm <= self.factor * median]
+        if self.bounded:
+            bound = self.bound if self.bound is not None else median
+            for m, norm in kept:
+                bound_norm(m.content[self.arrayrecord_key], norm, bound)
+        return [m for m, _ in kept]
 
 
 class MultiKrumMean(SelectingMean):
