@@ -30,8 +30,9 @@ Norm bounding and filtering are ours: Flower's clipping wrappers
 updates and we want no noise and a bound that adapts to the algorithm's update scale (the
 median norm, an honest one while honest devices are the majority).
 
-The rules that leave replies out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``) say which ones, so the
-server can count them, and the Byzantine replies among them, in ``results.csv``.
+The rules that leave replies out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``) say
+which ones, so the server can count them, and the Byzantine replies among them, in
+``results.csv``.
 
 Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
 count bytes before aggregating.
