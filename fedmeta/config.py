@@ -25,7 +25,7 @@ TASK_KINDS = ("sinusoid", "omniglot")
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
-                "norm-filter-bound", "multi-krum")
+                "norm-filter-bound", "norm-direction-filter", "multi-krum")
 SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
 BYZANTINE_MODES = ("sign-flip", "scale", "omit")
 FAULT_KINDS = ("crash", "hang", "nan", "malformed", "byzantine")

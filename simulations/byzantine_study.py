@@ -37,7 +37,7 @@ from fedmeta.config import AGGREGATIONS
 from fedmeta.held_out import rescore_run
 
 HELD_OUT = 4
-LEAVES_OUT = ("norm-filter", "norm-filter-bound", "multi-krum")  # average only some replies
+LEAVES_OUT = ("norm-filter", "norm-filter-bound", "norm-direction-filter", "multi-krum")
 
 
 def parse_args() -> argparse.Namespace:

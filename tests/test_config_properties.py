@@ -144,7 +144,8 @@ def test_a_value_out_of_range_names_its_field(data: st.DataObject) -> None:
     value = data.draw(OUT_OF_RANGE[name].filter(
         lambda v: not (isinstance(v, str) and v in ("mean", "median", "trimmed-mean",
                                                     "norm-bound", "norm-filter",
-                                                    "norm-filter-bound", "multi-krum", "retry",
+                                                    "norm-filter-bound",
+                                                    "norm-direction-filter", "multi-krum", "retry",
                                                     "skip", "sign-flip", "scale",
                                                     "indexed", "flower"))))
     with pytest.raises(ConfigError) as caught:

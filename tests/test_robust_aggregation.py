@@ -99,6 +99,23 @@ def test_each_rule_matches_its_definition() -> None:
                                                  weights=np.array(w)[kept]), rtol=1e-5)
 
 
+def test_direction_filter_leaves_out_small_updates_against_the_median() -> None:
+    u, w = HONEST.copy(), [1, 2, 3, 4, 1, 2, 3, 4]
+    u[7] = -0.5 * u[7]  # under the norm filter's threshold, but against the others
+    agreement = u @ np.median(u, axis=0)
+    kept = (agreement >= 0) & (np.linalg.norm(u, axis=1)
+                               <= 3 * np.median(np.linalg.norm(u, axis=1)))
+    assert list(kept) == [True] * 7 + [False]
+    directed, _, left_out = aggregate_updates(fed("norm-direction-filter"), 1, replies(u, w),
+                                              **KEYS)
+    np.testing.assert_allclose(flat(directed), np.average(u[kept], axis=0,
+                                                          weights=np.array(w)[kept]),
+                               rtol=1e-5)
+    assert len(left_out) == 1
+    undirected = flat(aggregate_updates(fed("norm-filter"), 1, replies(u, w), **KEYS)[0])
+    np.testing.assert_allclose(undirected, np.average(u, axis=0, weights=w), rtol=1e-5)
+
+
 def test_multi_krum_keeps_the_updates_closest_to_their_neighbours() -> None:
     u = np.concatenate([HONEST[:6], 50 + HONEST[6:]])  # two far-away updates
     kept = flat(aggregate_updates(fed("multi-krum", krum_malicious=2), 1, replies(u),
@@ -114,7 +131,8 @@ def test_rules_name_the_replies_they_leave_out(aggregation: str) -> None:
     u = np.concatenate([HONEST[:6], 50 * HONEST[6:]])  # two updates far away and 50x as big
     sent = replies(u)
     _, _, left_out = aggregate_updates(fed(aggregation, krum_malicious=2), 1, sent, **KEYS)
-    selecting = aggregation in ("norm-filter", "norm-filter-bound", "multi-krum")
+    selecting = aggregation in ("norm-filter", "norm-filter-bound", "norm-direction-filter",
+                                "multi-krum")
     assert [sent.index(m) for m in left_out] == ([6, 7] if selecting else [])
 
 

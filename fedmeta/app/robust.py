@@ -23,6 +23,13 @@ optimizer then steps along, so one aggregation rule serves them all:
   most ``norm_bound`` (``"auto"``: the round's median norm), then the weighted mean. The
   composition of TensorFlow Federated's ``robust_aggregator`` (zeroing, then clipping): the
   filter drops the updates that stand out, the bound caps what a kept attacker can do.
+- ``norm-direction-filter``: ``norm-filter``, and also the replies whose update points against
+  the coordinate-wise median of the round's updates (a negative inner product with it) are
+  left out. The median stays among the honest values per coordinate while honest devices are
+  the majority, so an attacker small enough to pass the norm filter must still pull along
+  the honest direction to be averaged. FLTrust's test (Cao et al. 2021: a reply of negative
+  cosine similarity gets no weight), with the median in place of FLTrust's update on server
+  data.
 
 Norm bounding and filtering are ours: Flower's clipping wrappers
 (``DifferentialPrivacyServerSide*``) clip the difference between a reply and the global
@@ -30,9 +37,9 @@ Norm bounding and filtering are ours: Flower's clipping wrappers
 updates and we want no noise and a bound that adapts to the algorithm's update scale (the
 median norm, an honest one while honest devices are the majority).
 
-The rules that leave replies out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``) say
-which ones, so the server can count them, and the Byzantine replies among them, in
-``results.csv``.
+The rules that leave replies out (``norm-filter``, ``norm-filter-bound``,
+``norm-direction-filter``, ``multi-krum``) say which ones, so the server can count them, and
+the Byzantine replies among them, in ``results.csv``.
 
 Flower's strategies aggregate in place (``FedMedian`` pops the arrays out of the replies):
 count bytes before aggregating.
@@ -64,6 +71,8 @@ def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
         return NormFilteredMean(fed.filter_factor, **keys)
     if fed.aggregation == "norm-filter-bound":
         return NormFilteredMean(fed.filter_factor, bounded=True, bound=fed.norm_bound, **keys)
+    if fed.aggregation == "norm-direction-filter":
+        return NormFilteredMean(fed.filter_factor, directed=True, **keys)
     return FedAvg(**keys)
 
 
@@ -71,8 +80,8 @@ def aggregate_updates(fed: FederationConfig, server_round: int, replies: list[Me
                       **keys: str
                       ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
     """The aggregated update, the mean metrics of the replies it averages and the replies
-    it left out (``norm-filter``, ``norm-filter-bound``, ``multi-krum``), by
-    ``fed.aggregation``."""
+    it left out (``norm-filter``, ``norm-filter-bound``, ``norm-direction-filter``,
+    ``multi-krum``), by ``fed.aggregation``."""
     rule = aggregator(fed, len(replies), **keys)
     arrays, metrics = rule.aggregate_train(server_round, replies)
     return arrays, metrics, rule.left_out if isinstance(rule, SelectingMean) else []
@@ -82,6 +91,11 @@ def update_norm(record: ArrayRecord) -> float:
     """The L2 norm of every array of ``record`` taken together."""
     return float(np.sqrt(sum(np.square(a.numpy(), dtype=np.float64).sum()
                              for a in record.values())))
+
+
+def flat_update(record: ArrayRecord) -> np.ndarray:
+    """Every array of ``record`` raveled into one float64 vector, in the record's order."""
+    return np.concatenate([a.numpy().ravel().astype(np.float64) for a in record.values()])
 
 
 def bound_norm(record: ArrayRecord, norm: float, bound: float) -> None:
@@ -133,18 +147,25 @@ class SelectingMean(FedAvg):
 
 class NormFilteredMean(SelectingMean):
     """FedAvg over the updates of L2 norm at most ``factor`` times the round's median; with
-    ``bounded``, those updates are first scaled down to norm at most ``bound`` (``None``: the
-    round's median norm)."""
+    ``directed``, only those of them with a non-negative inner product with the
+    coordinate-wise median of all the round's updates; with ``bounded``, the kept updates
+    are first scaled down to norm at most ``bound`` (``None``: the round's median norm)."""
 
     def __init__(self, factor: float, bounded: bool = False, bound: float | None = None,
-                 **kwargs: str) -> None:
+                 directed: bool = False, **kwargs: str) -> None:
         super().__init__(**kwargs)
-        self.factor, self.bounded, self.bound = factor, bounded, bound
+        self.factor, self.bounded, self.bound, self.directed = factor, bounded, bound, directed
 
     def select(self, replies: list[Message]) -> list[Message]:
-        norms = [update_norm(m.content[self.arrayrecord_key]) for m in replies]
+        records = [m.content[self.arrayrecord_key] for m in replies]
+        norms = [update_norm(r) for r in records]
         median = float(np.median(norms)) if norms else 0.0
-        kept = [(m, norm) for m, norm in zip(replies, norms) if norm <= self.factor * median]
+        keep = [norm <= self.factor * median for norm in norms]
+        if self.directed and records:
+            updates = np.stack([flat_update(r) for r in records])
+            agreement = updates @ np.median(updates, axis=0)
+            keep = [k and a >= 0 for k, a in zip(keep, agreement)]
+        kept = [(m, norm) for m, norm, k in zip(replies, norms, keep) if k]
         if self.bounded:
             bound = self.bound if self.bound is not None else median
             for m, norm in kept:
