@@ -9,9 +9,9 @@ round's replies that timed out, crashed, were not finite or malformed (all rejec
 counts the rejected replies), the Byzantine replies injected (accepted: robust aggregation's
 business), the good replies the aggregation rule left out and the Byzantine ones among them
 (``left_out``, ``byzantine_left_out``: ``norm-filter``, ``norm-filter-bound``,
-``norm-direction-filter`` and ``multi-krum``), and which ``attempt`` of the round the row is with its ``status`` (``ok``,
-``retried``: too few good replies, tried again; ``skipped``: no server step). No host times:
-the table is a function of the config and the seed alone.
+``norm-direction-filter`` and ``multi-krum``), and which ``attempt`` of the round the row is
+with its ``status`` (``ok``, ``retried``: too few good replies, tried again; ``skipped``: no
+server step). No host times: the table is a function of the config and the seed alone.
 """
 
 from __future__ import annotations
