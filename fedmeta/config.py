@@ -164,6 +164,13 @@ class PrivacyConfig:
     the clip norm is added to the mean by the server (``central``) or to each update by its
     device (``local``). The ``accountant`` reports epsilon at ``delta`` after every round; a
     ``target_epsilon`` > 0 ends the run before the round that would exceed it.
+
+    ``sampling`` picks the training devices of a private round: ``poisson`` (each with
+    probability ``q``, add/remove adjacency), ``fixed`` (exactly ``n``, replace-one
+    adjacency, accounted at ``z / 2``) or ``auto`` (``poisson``; ``fixed`` under SecAgg+,
+    which needs a minimum of devices). Noise is secret (``os.urandom``) unless
+    ``insecure_reproducible_noise``, which seeds it from ``train.seed`` and marks the
+    epsilon as no guarantee in every output.
     """
 
     clipping: str = "none"
@@ -181,11 +188,25 @@ class PrivacyConfig:
     secagg_threshold: int = 2
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 2 ** 22
+    sampling: str = "auto"
+    insecure_reproducible_noise: bool = False
 
     @property
     def enabled(self) -> bool:
         """Whether the run takes the private path at all."""
         return self.clipping != "none" or self.noise != "none" or self.secure_aggregation
+
+    @property
+    def noisy(self) -> bool:
+        """Whether noise is added at all."""
+        return self.noise != "none" and self.noise_multiplier > 0
+
+    @property
+    def scheme(self) -> str:
+        """The sampling scheme of training devices, ``auto`` resolved."""
+        if self.sampling != "auto":
+            return self.sampling
+        return "fixed" if self.secure_aggregation else "poisson"
 
 
 @dataclass
@@ -441,11 +462,14 @@ def _check_simulation(s: SimulationConfig) -> None:
 CLIPPINGS, CLIP_SIDES, NOISES, ACCOUNTANTS = (("none", "fixed", "adaptive"),
                                               ("server", "device"),
                                               ("none", "central", "local"), ("rdp", "prv"))
+SAMPLINGS = ("auto", "poisson", "fixed")
+COUNT_STD_SHARE = 20  # adaptive clipping: the clipped count's std is devices per round / 20
 
 
 def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
     choices = {"clipping": (p.clipping, CLIPPINGS), "clip_on": (p.clip_on, CLIP_SIDES),
-               "noise": (p.noise, NOISES), "accountant": (p.accountant, ACCOUNTANTS)}
+               "noise": (p.noise, NOISES), "accountant": (p.accountant, ACCOUNTANTS),
+               "sampling": (p.sampling, SAMPLINGS)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"privacy.{name}", value, f"one of {list(allowed)}")
@@ -488,6 +512,7 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
         raise ConfigError("privacy.clip_on", p.clip_on,
                           "\"device\" with secure aggregation (the server never sees a "
                           "single update, so it cannot clip one)")
+    _check_private_accounting(p, f)
     if p.secure_aggregation:
         n = f.train_per_round
         if n < 2:
@@ -503,6 +528,38 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
         if not 2 <= p.secagg_quantization_range < 2 ** 32:
             raise ConfigError("privacy.secagg_quantization_range",
                               p.secagg_quantization_range, "an integer in [2, 2**32)")
+
+
+def _check_private_accounting(p: PrivacyConfig, f: FederationConfig) -> None:
+    """Combinations whose sensitivity or accounting the code does not calibrate."""
+    if p.noise == "central" and f.aggregation != "mean":
+        raise ConfigError("federation.aggregation", f.aggregation,
+                          "\"mean\" with privacy.noise=\"central\": the noise is calibrated to "
+                          "how far one device moves the mean; a robust rule (median, trimmed "
+                          "mean, krum, norm filters) can move further (e.g. the median by "
+                          "up to the spread of the others' updates) and is not accounted "
+                          "(local noise works with any rule)")
+    if p.scheme == "poisson" and p.secure_aggregation:
+        raise ConfigError("privacy.sampling", p.sampling,
+                          "\"fixed\" (or \"auto\") with secure aggregation: SecAgg+ needs a "
+                          "minimum number of devices, which Poisson sampling cannot promise")
+    if p.scheme == "poisson" and p.noise == "central" and f.min_good_replies > 1:
+        raise ConfigError("federation.min_good_replies", f.min_good_replies,
+                          "1 with privacy.sampling=\"poisson\" and central noise: every "
+                          "round releases its noised sum however many devices took part "
+                          "(retrying a round with few replies would reveal their number "
+                          "and resample devices outside the accounting)")
+    if p.clipping == "adaptive" and p.noise == "central" and p.noise_multiplier > 0:
+        count_std = f.train_per_round / COUNT_STD_SHARE
+        if p.noise_multiplier >= 2 * count_std:
+            raise ConfigError(
+                "privacy.noise_multiplier", p.noise_multiplier,
+                f"a number below 2 * the adaptive clipped count's std = 2 * "
+                f"{f.train_per_round} devices per round / {COUNT_STD_SHARE} = "
+                f"{2 * count_std:g} (the count's release takes part of the budget); lower "
+                f"privacy.noise_multiplier, sample more devices per round "
+                f"(federation.fraction_train, federation.min_train_devices) or use "
+                f"privacy.clipping=\"fixed\"")
 
 
 def _check_fleet(cfg: Config) -> None:

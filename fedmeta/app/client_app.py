@@ -129,8 +129,7 @@ def train(message: Message, context: Context) -> Message:
         learner, to_params(message.content[ARRAYS]), device.source, rng, steps,
         fed.local_lr, meta_batch,
         adapt_steps(device.algorithm, learner.inner_steps, cfg.meta.eval_steps, False))
-    delta = device_release(update.delta, cfg.privacy, cfg.train.seed, server_round,
-                           device.partition)
+    delta = device_release(update.delta, cfg.privacy, *draw)  # noise: secret unless insecure
     if device.fleet is not None:  # what the server decodes after fleet.compression
         delta = device.fleet.encode(delta)
     delta = faults.corrupt(fault, delta, cfg.faults, *draw)

@@ -9,14 +9,16 @@ Why not Flower's ``DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping`` wrapp
 - They add noise to what the wrapped strategy's ``aggregate_train`` returns; FedMeta returns
   the meta-parameters *after* its server optimizer stepped on the clean mean, so the noise
   would miss Adam's state and the meta-parameters the server keeps.
-- Their noise and the adaptive clipped count come from NumPy's global RNG: not reproducible
-  from the seed. The adaptive wrappers also calibrate a round's noise to the clip norm they
-  already updated, not the one they clipped with.
+- Their noise and the adaptive clipped count come from NumPy's global RNG. The adaptive
+  wrappers also calibrate a round's noise to the clip norm they already updated, not the
+  one they clipped with.
 - Their accountant supports only no-amplification accounting with uniform weights.
 
 So clipping and noise (``fedmeta.privacy``) act here on the pseudo-gradients, between
-FedAvg's weighted mean and the server step, with Flower's flat-clipping and
-``compute_stdv`` semantics; epsilon comes from Opacus (``fedmeta.privacy.accounting``).
+the mean and the server step. Private runs sample devices by ``privacy.sampling``
+(``fedmeta.privacy.sampling``); noise is secret (``fedmeta.privacy.mechanism``); every
+device's releases go to a ``fedmeta.privacy.accounting.Ledger`` and the run reports the
+worst device's epsilon, with the sampling scheme, adjacency and accountant it assumes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,11 +34,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from ..config import Config, PrivacyConfig
+import torch
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from ..config import COUNT_STD_SHARE, Config, PrivacyConfig
 from ..meta import MetaTrainer, MetaUpdate
-from ..privacy import accounting
+from ..privacy import accounting, sampling
 from ..privacy.clipping import AdaptiveClip, clip, l2_norm, split_noise
-from ..privacy.mechanism import NOISE_STREAM, add_noise, generator, mean_sensitivity
+from ..privacy.mechanism import add_noise, mean_sensitivity, noise_source, poisson_mean
+from ..privacy.sampling import ADJACENCY, NOISE_SCALE
 from ..results import Row
 from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
@@ -49,9 +54,11 @@ logger = logging.getLogger("flwr.fedmeta")
 class PrivateFedMeta(FedMeta):
     """FedMeta whose mean meta-update is differentially private at the device level.
 
-    Every row reported carries ``epsilon`` (spent so far at ``privacy.delta``); train rows
-    carry ``clip_norm``, the norm that round clipped to. ``norms`` keeps each round's per-device
-    L2 norms of the contributions that entered the mean, for verification.
+    Every row reported carries ``epsilon`` (the worst device's so far at ``privacy.delta``)
+    and what it assumes (``dp_*`` columns, ``epsilon_guarantee``); train rows carry
+    ``clip_norm``, the norm that round clipped to. ``norms`` keeps each round's per-device
+    L2 norms of the contributions that entered the mean, for verification; ``ledger`` every
+    device's releases.
     """
 
     def __init__(self, cfg: Config, trainer: MetaTrainer,
@@ -60,15 +67,17 @@ class PrivateFedMeta(FedMeta):
         self.privacy: PrivacyConfig = cfg.privacy
         self._report = report
         p, fed = cfg.privacy, cfg.federation
+        self.scheme = p.scheme
         self.sample_rate = fed.train_per_round / fed.num_train
         self.adaptive = AdaptiveClip(p.clip_norm, p.target_quantile, p.clip_lr,
-                                     fed.train_per_round / 20 if p.noise == "central" else 0.0
+                                     fed.train_per_round / COUNT_STD_SHARE
+                                     if p.noise == "central" else 0.0
                                      ) if p.clipping == "adaptive" else None
         self.noise_multiplier = (split_noise(p.noise_multiplier, self.adaptive.count_std)
                                  if self.adaptive and p.noise == "central"
                                  else p.noise_multiplier)
-        self.releases = 0  # rounds whose mean was released (central accounting)
-        self.participation: Counter[int] = Counter()  # partition -> rounds (local)
+        self.releases = 0  # rounds whose mean was released
+        self.ledger = accounting.Ledger(p.accountant, p.delta)
         self.norms: dict[int, list[float]] = {}  # round -> contributions' L2 norms
         self.used_clip_norm: dict[int, float] = {}  # round -> the norm it clipped to
 
@@ -78,28 +87,63 @@ class PrivateFedMeta(FedMeta):
         """The norm this round clips to."""
         return self.adaptive.clip_norm if self.adaptive else self.privacy.clip_norm
 
-    def epsilon(self) -> float:
-        """Epsilon spent so far (``inf`` without noise)."""
+    @property
+    def accounted_noise(self) -> float:
+        """The noise multiplier each release is accounted at: ``z`` under add/remove
+        (central noise, Poisson sampling), ``z / 2`` under replace-one (fixed sampling,
+        local noise)."""
         p = self.privacy
-        if p.noise == "local":
-            return accounting.epsilon(p.accountant, p.noise_multiplier, 1.0,
-                                      max(self.participation.values(), default=0), p.delta)
-        noise = p.noise_multiplier if p.noise == "central" else 0.0
-        return accounting.epsilon(p.accountant, noise, self.sample_rate, self.releases,
-                                  p.delta)
+        return p.noise_multiplier * (0.5 if p.noise == "local" else NOISE_SCALE[self.scheme])
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far by the worst device (``inf`` without noise)."""
+        if not self.privacy.noisy:
+            return math.inf if self.releases else 0.0
+        return self.ledger.worst()
 
     def _annotated(self, row: Row) -> None:
         clip_norm = self.used_clip_norm.get(row.round, math.nan) if row.source == "train" \
             and self.privacy.clipping != "none" else math.nan
-        self._report(dataclasses.replace(row, extra={**row.extra, "epsilon": self.epsilon(),
-                                                     "clip_norm": clip_norm}))
+        spread = list(self.ledger.epsilons().values()) or [0.0]
+        self._report(dataclasses.replace(row, extra={
+            **row.extra, "epsilon": self.epsilon(),
+            "epsilon_device_median": float(np.median(spread)) if self.privacy.noisy
+            else self.epsilon(),
+            "clip_norm": clip_norm, **assumptions(self.privacy)}))
+
+    def _record_central(self, server_round: int) -> None:
+        """A released noised mean: every device eligible this round may be in it."""
+        eligible = self.eligible.get(server_round, [])
+        rate = sampling.inclusion_rate(self.scheme, self.sample_rate,
+                                       self.fed.train_per_round, len(eligible))
+        for device in eligible:
+            self.ledger.record(device, self.accounted_noise, rate)
 
     # -- the private mean ------------------------------------------------------------------
+    def enough(self, valid: list[Message]) -> bool:
+        """Under Poisson sampling with central noise every round releases its noised sum,
+        however few devices replied (a retry would reveal their number)."""
+        if self.privacy.noise == "central" and self.scheme == "poisson":
+            return True
+        return super().enough(valid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if self.privacy.noise == "local" and self.privacy.noisy:  # every noised reply counts
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                if reply.has_content() and node in self.partitions:
+                    self.ledger.record(self.partitions[node], self.accounted_noise, 1.0)
+        if not self.privacy.secure_aggregation:
+            return super().aggregate_train(server_round, replies)
+        return self._secure_train(server_round)
+
     def aggregate_updates(self, server_round: int, replies: list[Message]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
         p, clip_norm = self.privacy, self.clip_norm
         server_clips = p.clipping != "none" and p.noise != "local"
-        clipped_count, norms = 0, []
+        clipped_count, norms, updates = 0, [], []
         for reply in replies:
             update = to_params(reply.content[ARRAYS])
             if server_clips:
@@ -107,20 +151,35 @@ class PrivateFedMeta(FedMeta):
                 clipped_count += was_clipped
                 reply.content[ARRAYS] = to_record(update)
             norms.append(l2_norm(update))
+            updates.append(update)
         self.norms[server_round], self.used_clip_norm[server_round] = norms, clip_norm
-        arrays, metrics, left_out = super().aggregate_updates(server_round, replies)
-        if arrays is None:
-            return arrays, metrics, left_out
-        if p.noise == "central":
-            weights = [float(r.content[METRICS][NUM_EXAMPLES]) for r in replies]
-            std = self.noise_multiplier * mean_sensitivity(clip_norm, weights)
-            arrays = to_record(add_noise(to_params(arrays), std,
-                                         generator(self.seed, server_round, NOISE_STREAM)))
+        central = p.noise == "central"
+        if central and self.scheme == "poisson":
+            expected = self.sample_rate * len(self.eligible.get(server_round, []))
+            if expected == 0:  # nobody could take part (a fleet with no device on)
+                return None, None, []
+            mean = poisson_mean(updates, expected, self.trainer.params)
+            arrays = to_record(add_noise(mean, self.noise_multiplier * clip_norm / expected,
+                                         noise_source(p, self.seed, server_round)))
+            metrics = aggregate_metricrecords([r.content for r in replies], NUM_EXAMPLES) \
+                if replies else None
+            left_out: list[Message] = []
+        else:
+            expected = float(len(replies))
+            arrays, metrics, left_out = super().aggregate_updates(server_round, replies)
+            if arrays is None:
+                return arrays, metrics, left_out
+            if central:
+                weights = [float(r.content[METRICS][NUM_EXAMPLES]) for r in replies]
+                std = self.noise_multiplier * mean_sensitivity(clip_norm, weights)
+                arrays = to_record(add_noise(to_params(arrays), std,
+                                             noise_source(p, self.seed, server_round)))
         self.releases += 1
-        self.participation.update(self.partitions[r.metadata.src_node_id] for r in replies)
+        if central:
+            self._record_central(server_round)
         if self.adaptive:
-            self.adaptive.update(clipped_count, len(replies), np.random.default_rng(
-                [self.seed, server_round, NOISE_STREAM, 1]))
+            self.adaptive.update(clipped_count, len(replies), float(noise_source(
+                p, self.seed, server_round, 1).normal((), torch.float64)), expected)
         return arrays, metrics, left_out
 
     # -- secure aggregation ----------------------------------------------------------------
@@ -134,23 +193,28 @@ class PrivateFedMeta(FedMeta):
         self._secagg_round = (grid, messages)
         return []
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if not self.privacy.secure_aggregation:
-            return super().aggregate_train(server_round, replies)
+    def _secure_train(self, server_round: int
+                      ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round through SecAgg+: the unmasked mean, noised by the server under
+        central noise."""
         grid, messages = self._secagg_round
         self._sent.pop(("train", server_round), None)  # the protocol's own bytes count
         result = secure_mean(grid, messages, self.privacy, self.seed)
+        if self.privacy.noise == "local" and self.privacy.noisy:  # each may have released
+            for message in messages:
+                self.ledger.record(self.partitions[message.metadata.dst_node_id],
+                                   self.accounted_noise, 1.0)
         metrics = None
         if result.mean is not None:
             weights = [m[NUM_EXAMPLES] for m in result.metrics]
             mean = result.mean
             if self.privacy.noise == "central":
                 std = self.noise_multiplier * mean_sensitivity(self.clip_norm, weights)
-                mean = add_noise(mean, std, generator(self.seed, server_round, NOISE_STREAM))
+                mean = add_noise(mean, std, noise_source(self.privacy, self.seed,
+                                                         server_round))
+                self._record_central(server_round)
             self.trainer.step(MetaUpdate(mean, {}))
             self.releases += 1
-            self.participation.update(self.partitions[n] for n in result.devices)
             self.used_clip_norm[server_round] = self.clip_norm
             metrics = MetricRecord({k: float(np.average([m[k] for m in result.metrics],
                                                         weights=weights))
@@ -165,16 +229,33 @@ class PrivateFedMeta(FedMeta):
         return to_record(self.trainer.params), metrics
 
     # -- stopping at the target ------------------------------------------------------------
-    def rounds_within_target(self, num_rounds: int) -> int:
-        """Rounds that keep epsilon within ``target_epsilon`` (all of them without one).
+    def planned_epsilon(self, rounds: int) -> float:
+        """The worst device's epsilon after ``rounds`` released rounds, planned ahead: under
+        central noise from who is eligible each round (the fleet's availability), under
+        local noise for a device that replies every round and every retry."""
+        p, fed = self.privacy, self.fed
+        ledger = accounting.Ledger(p.accountant, p.delta)
+        if p.noise == "local":
+            attempts = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
+            ledger.record(0, self.accounted_noise, 1.0, rounds * attempts)
+            return ledger.worst()
+        for server_round in range(1, rounds + 1):
+            eligible = list(range(fed.num_train))
+            if self.fleet is not None:
+                on = self.fleet.fleet.available(server_round)
+                eligible = [d for d in eligible if on[d]]
+            rate = sampling.inclusion_rate(self.scheme, self.sample_rate,
+                                           fed.train_per_round, len(eligible))
+            for device in eligible:
+                ledger.record(device, self.accounted_noise, rate)
+        return ledger.worst()
 
-        Under local noise the bound is for a device that trains every round."""
-        p = self.privacy
-        if p.target_epsilon == 0:
+    def rounds_within_target(self, num_rounds: int) -> int:
+        """Rounds that keep epsilon within ``target_epsilon`` (all of them without one)."""
+        if self.privacy.target_epsilon == 0:
             return num_rounds
-        rate = 1.0 if p.noise == "local" else self.sample_rate
-        return accounting.rounds_within(p.target_epsilon, p.accountant, p.noise_multiplier,
-                                        rate, num_rounds, p.delta)
+        return accounting.rounds_within(self.privacy.target_epsilon, self.planned_epsilon,
+                                        num_rounds)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
@@ -182,6 +263,8 @@ class PrivateFedMeta(FedMeta):
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
               **resume: Any) -> Result:
         """FedMeta's run, ended before the first round that would exceed the target."""
+        if self.privacy.insecure_reproducible_noise:
+            logger.warning(INSECURE_WARNING)
         allowed = self.rounds_within_target(num_rounds)
         if allowed < num_rounds:
             logger.warning("privacy.target_epsilon=%g allows %d of %d rounds; stopping there",
@@ -199,17 +282,43 @@ def make_strategy(cfg: Config, trainer: MetaTrainer,
     return FedMeta(cfg.federation, trainer, cfg.train.seed, report, cfg.faults)
 
 
+INSECURE_WARNING = ("privacy.insecure_reproducible_noise=true: the DP noise is seeded from "
+                    "train.seed and can be regenerated and subtracted; the epsilon reported "
+                    "is NOT a privacy guarantee")
+
+
+def assumptions(p: PrivacyConfig) -> dict[str, str]:
+    """What the reported epsilon assumes: sampling, adjacency, accountant, and whether it
+    is a guarantee at all (``results.csv`` columns, ``summary.json``)."""
+    if not p.noisy:
+        adjacency, guarantee = "none", "no: no noise is added, epsilon is infinite"
+    else:
+        adjacency = ADJACENCY["fixed" if p.noise == "local" else p.scheme]
+        guarantee = ("NO: privacy.insecure_reproducible_noise=true, the noise can be "
+                     "regenerated from train.seed" if p.insecure_reproducible_noise else "yes")
+    return {"dp_sampling": p.scheme, "dp_adjacency": adjacency,
+            "dp_accountant": accounting.NAMES[p.accountant], "epsilon_guarantee": guarantee}
+
+
 def privacy_summary(cfg: Config, frame) -> dict[str, object]:  # frame: pandas.DataFrame
-    """What ``summary.json`` says of privacy: accountant, delta, final epsilon, settings."""
+    """What ``summary.json`` says of privacy: accountant, sampling, adjacency, delta, the
+    worst device's final epsilon and the median device's, whether it is a guarantee, and
+    the settings."""
     p = cfg.privacy
     if not p.enabled:
         return {}
-    final_epsilon = float(frame["epsilon"].iloc[-1])
+    last = frame.iloc[-1]
+    final_epsilon, median = float(last["epsilon"]), float(last["epsilon_device_median"])
     trained = frame.loc[frame["source"] == "train", "round"]
+    accounted = p.noise_multiplier * (0.5 if p.noise == "local" else NOISE_SCALE[p.scheme])
     return {"privacy": {
-        "accountant": accounting.NAMES[p.accountant], "delta": p.delta,
+        **{k.removeprefix("dp_"): v for k, v in assumptions(p).items()},
+        "delta": p.delta,
         "epsilon": final_epsilon if math.isfinite(final_epsilon) else None,
+        "epsilon_of": "the worst device (most releases, highest inclusion probability)",
+        "epsilon_device_median": median if math.isfinite(median) else None,
         "noise": p.noise, "noise_multiplier": p.noise_multiplier,
+        "noise_multiplier_accounted": accounted,
         "sample_rate": (cfg.federation.train_per_round / cfg.federation.num_train
                         if p.noise != "local" else 1.0),
         "clipping": p.clipping, "clip_on": p.clip_on, "clip_norm": p.clip_norm,

@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..fleet import FleetRun
 from ..meta import MetaTrainer, MetaUpdate
 from ..meta.evaluation import METRICS, summarize
+from ..privacy import sampling
 from ..results import Row
 from .client_app import PARTITION
 from .faults import fault_of
@@ -62,6 +63,7 @@ class FedMeta(FedAvg):
     """
 
     fleet: FleetRun | None = None
+    scheme: str = "fixed"  # how training devices are sampled (fedmeta.privacy.sampling)
 
     def __init__(self, fed: FederationConfig, trainer: MetaTrainer, seed: int,
                  report: Callable[[Row], None] = lambda row: None,
@@ -79,6 +81,7 @@ class FedMeta(FedAvg):
         self._asked: dict[tuple[str, int], list[int]] = {}  # (source, round) -> nodes asked
         self.attempt: dict[int, int] = {}  # round -> its latest training attempt
         self.status: dict[int, str] = {}  # round -> status of its latest training attempt
+        self.eligible: dict[int, list[int]] = {}  # round -> partitions its latest draw was among
 
     # -- which node is which device -------------------------------------------------------
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -125,16 +128,21 @@ class FedMeta(FedAvg):
     # -- training -------------------------------------------------------------------------
     def sample(self, server_round: int, attempt: int = 0) -> list[int]:
         """The round's training nodes: a seeded draw over nodes sorted by partition (a fresh
-        one for each retry of the round)."""
+        one for each retry of the round), by ``self.scheme`` (``fedmeta.privacy.sampling``:
+        ``fixed``, or ``poisson`` for private runs). ``eligible[round]`` keeps the
+        partitions the draw was among (the available ones, with a fleet)."""
         nodes = self._nodes(held_out=False)
+        rate = self.fed.train_per_round / self.fed.num_train
         if self.fleet is not None:
             kept = set(self.fleet.select(server_round, [self.partitions[n] for n in nodes],
-                                         self.fed.train_per_round, attempt))
+                                         self.fed.train_per_round, attempt, self.scheme, rate))
+            self.eligible[server_round] = self.fleet.available_devices[server_round]
             return [n for n in nodes if self.partitions[n] in kept]
+        self.eligible[server_round] = [self.partitions[n] for n in nodes]
         rng = np.random.default_rng([self.seed, server_round, SAMPLING_STREAM]
                                     + ([attempt] if attempt else []))
-        picked = np.sort(rng.choice(len(nodes), size=self.fed.train_per_round, replace=False))
-        return [nodes[i] for i in picked]
+        picked = sampling.draw(rng, len(nodes), self.scheme, rate, self.fed.train_per_round)
+        return [n for n, keep in zip(nodes, picked) if keep]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -162,7 +170,7 @@ class FedMeta(FedAvg):
         bytes_up = sum(array_bytes(m.content) for m in replies if m.has_content())
         episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
         arrays, metrics = None, None
-        if len(valid) >= self.fed.min_good_replies:
+        if self.enough(valid):
             arrays, metrics, left_out = self.aggregate_updates(server_round, valid)
             faults["left_out"] = len(left_out)
             faults["byzantine_left_out"] = sum(map(byzantine, left_out))
@@ -181,6 +189,11 @@ class FedMeta(FedAvg):
                         episodes, means, self._sent.pop(("train", server_round), 0), bytes_up,
                         dict(faults), attempt, status))
         return to_record(self.trainer.params), metrics
+
+    def enough(self, valid: list[Message]) -> bool:
+        """Whether a training attempt with these good replies is aggregated (or else
+        retried or skipped): ``federation.min_good_replies`` of them."""
+        return len(valid) >= self.fed.min_good_replies
 
     def _missing(self, source: str, server_round: int, replies: list[Message]) -> int:
         """How many of the devices asked did not reply before the round's timeout."""

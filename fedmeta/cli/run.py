@@ -72,5 +72,10 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['held_out_episodes']} episodes, {steps} adaptation steps\n"
           f"{final_table(frame)}")
     print(json.dumps({k: summary[k] for k in ("bytes_down", "bytes_up", "wall_s")}))
+    if "privacy" in summary:
+        p = summary["privacy"]
+        print(f"privacy: epsilon {p['epsilon']} at delta {p['delta']} (worst device; median "
+              f"device {p['epsilon_device_median']}), {p['sampling']} sampling, "
+              f"{p['adjacency']}, {p['accountant']}; guarantee: {p['epsilon_guarantee']}")
     print(f"outputs in {out}")
     return 0

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..federated import FEDERATED_ALGORITHMS, adapt_steps
 from ..meta import MetaLearner, Params, build_learner
+from ..privacy import sampling
 from ..tasks.episode import Episode
 from .compression import encoded_bytes, roundtrip
 from .cost import ModelCost
@@ -59,6 +60,7 @@ class FleetRun:
     param_sizes: list[int]
     elapsed_s: float = 0.0
     records: dict[int, dict[str, float]] = field(default_factory=dict)
+    available_devices: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Any, learner: MetaLearner, episode: Episode) -> FleetRun:
@@ -108,17 +110,20 @@ class FleetRun:
 
     # -- rounds -----------------------------------------------------------------------------
     def select(self, server_round: int, candidates: list[int], count: int,
-               attempt: int = 0) -> list[int]:
+               attempt: int = 0, scheme: str = "fixed", rate: float = 0.0) -> list[int]:
         """The devices among ``candidates`` that train in ``server_round``: up to ``count``
-        drawn (seeded; a fresh draw for each retry ``attempt``) from the available ones,
-        minus those the policy drops. Records the round (``columns``) and adds its time to
-        the clock; call once per round and attempt, in order."""
+        drawn (``fixed``; ``poisson``: each with probability ``rate``; seeded, a fresh draw
+        for each retry ``attempt``) from the available ones (kept in
+        ``available_devices``), minus those the policy drops. Records the round
+        (``columns``) and adds its time to the clock; call once per round and attempt, in
+        order."""
         on = self.fleet.available(server_round)
         available = [d for d in sorted(candidates) if on[d]]
+        self.available_devices[server_round] = available
         rng = np.random.default_rng([self.cfg.train.seed, server_round, SAMPLING_STREAM]
                                     + ([attempt] if attempt else []))
-        picked = sorted(available[i] for i in rng.choice(
-            len(available), size=min(count, len(available)), replace=False))
+        mask = sampling.draw(rng, len(available), scheme, rate, count)
+        picked = [d for d, keep in zip(available, mask) if keep]
         plans = {d: self.plan(d) for d in picked}
         policy, deadline = self.cfg.fleet.policy, self.cfg.fleet.deadline_s
         late = {d for d, p in plans.items() if policy == "drop" and p.seconds > deadline}

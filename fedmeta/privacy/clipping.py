@@ -9,8 +9,12 @@ Clipping") moves ``C`` geometrically towards the ``target_quantile`` of update n
 noisy count of updates that fit under it: ``C <- C * exp(-lr * (unclipped_fraction -
 quantile))``. (Flower 1.41's adaptive wrappers put the *clipped* fraction in that formula,
 which shrinks ``C`` when too many updates are clipped; this follows the paper.) That
-count is itself a Gaussian release of std ``count_std``; the update noise is raised to
-``(z^-2 - (2 count_std)^-2)^-1/2`` so the two together cost what noise multiplier ``z`` does.
+count is itself a Gaussian release of std ``count_std``, of the *centred* count
+``sum(b_i - 1/2)`` (``b_i = 1`` when device ``i`` fits under ``C``) divided by the expected
+number of devices ``m``: adding or removing a device moves it by at most 1/2, replacing one
+by at most 1, in both cases half the update's sensitivity in units of ``C``. The update
+noise is raised to ``(z^-2 - (2 count_std)^-2)^-1/2`` so the two together cost what noise
+multiplier ``z`` does under either adjacency (``config`` refuses a ``z >= 2 count_std``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..meta import Params
@@ -58,9 +61,11 @@ class AdaptiveClip:
     lr: float
     count_std: float
 
-    def update(self, clipped: int, devices: int, rng: np.random.Generator) -> None:
+    def update(self, clipped: int, devices: int, noise: float, expected: float) -> None:
         """Move the norm after a round where ``clipped`` of ``devices`` updates were scaled:
-        up when fewer than ``target_quantile`` of them fit under it, down when more do."""
-        unclipped = devices - clipped + (rng.normal(0.0, self.count_std) if self.count_std
-                                         else 0.0)
-        self.clip_norm *= math.exp(-self.lr * (unclipped / devices - self.target_quantile))
+        up when fewer than ``target_quantile`` of them fit under it, down when more do.
+        ``noise`` is a standard normal draw (times ``count_std``); ``expected`` the
+        expected number of devices (``devices`` itself under fixed-size sampling)."""
+        centred = devices - clipped - devices / 2 + self.count_std * noise
+        unclipped_fraction = centred / expected + 0.5
+        self.clip_norm *= math.exp(-self.lr * (unclipped_fraction - self.target_quantile))
