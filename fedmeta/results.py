@@ -48,7 +48,7 @@ class Row:
     faults: dict[str, int] = field(default_factory=dict)  # FAULT_COLUMNS, RULE_COLUMNS
     attempt: int = 0
     status: str = "ok"
-    extra: dict[str, float] = field(default_factory=dict)  # e.g. privacy's epsilon
+    extra: dict[str, float | str] = field(default_factory=dict)  # e.g. privacy's epsilon
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, with every score column (NaN where the source has none)."""

@@ -9,7 +9,7 @@ its state kept across rounds) steps the meta-parameters along the mean, exactly 
 Devices are partitions: an initial ``query`` message asks every node which partition it
 holds; partitions ``[0, num_train)`` train, the rest are held out and only evaluate, at
 round 0, every ``eval_every`` rounds and after the last. Sampling, reply order and hence
-every number are deterministic given the seed.
+every number are deterministic given the seed (but for a private run's secret noise).
 
 Reliability (``docs/reliability.md``): bad replies are rejected and counted by kind; a round
 with fewer than ``min_good_replies`` good ones is retried on a fresh sample or skipped;
