@@ -532,6 +532,14 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
 
 def _check_private_accounting(p: PrivacyConfig, f: FederationConfig) -> None:
     """Combinations whose sensitivity or accounting the code does not calibrate."""
+    if p.sampling == "poisson" and not p.enabled:
+        raise ConfigError("privacy.sampling", p.sampling,
+                          "\"auto\" or \"fixed\" for a run without privacy (plain runs "
+                          "sample a fixed number of devices; Poisson sampling is for private "
+                          "runs: turn on privacy.clipping/noise)")
+    if p.insecure_reproducible_noise and not p.noisy:
+        raise ConfigError("privacy.insecure_reproducible_noise", True,
+                          "false when no noise is added (it only seeds DP noise)")
     if p.noise == "central" and f.aggregation != "mean":
         raise ConfigError("federation.aggregation", f.aggregation,
                           "\"mean\" with privacy.noise=\"central\": the noise is calibrated to "

@@ -301,6 +301,8 @@ def test_the_plain_strategy_is_used_when_privacy_is_off() -> None:
     ("privacy.noise_multiplier=1", "privacy.noise"),
     ("privacy.sampling=uniform", "privacy.sampling"),
     ("privacy.insecure_reproducible_noise=maybe", "privacy.insecure_reproducible_noise"),
+    ("privacy.insecure_reproducible_noise=true", "privacy.insecure_reproducible_noise"),
+    ("privacy.sampling=poisson", "privacy.sampling"),
 ])
 def test_bad_privacy_input_names_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError) as info:
