@@ -62,8 +62,8 @@ def private_run(cfg) -> tuple[PrivateFedMeta, list]:
     return kept[0], rows
 
 
-PRIVACY_COLUMNS = ["epsilon", "epsilon_device_median", "clip_norm", "dp_sampling",
-                   "dp_adjacency", "dp_accountant", "epsilon_guarantee"]
+PRIVACY_COLUMNS = ["epsilon", "epsilon_device_median", "epsilon_device_min", "clip_norm",
+                   "dp_sampling", "dp_adjacency", "dp_accountant", "epsilon_guarantee"]
 
 
 def test_noise_zero_without_clipping_is_the_plain_run_exactly() -> None:
@@ -502,3 +502,6 @@ def test_uneven_availability_is_accounted_device_by_device(tmp_path, sampling: s
     assert frame["epsilon_device_median"].iloc[-1] <= frame["epsilon"].iloc[-1]
     summary = privacy_summary(cfg, frame)["privacy"]
     assert summary["epsilon_device_median"] == pytest.approx(float(np.median(list(got.values()))))
+    assert summary["epsilon_device_min"] == pytest.approx(min(got.values()))
+    if sampling == "fixed":  # flaky devices are in fewer rounds: a real spread
+        assert summary["epsilon_device_min"] < summary["epsilon"]

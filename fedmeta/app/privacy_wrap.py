@@ -105,10 +105,11 @@ class PrivateFedMeta(FedMeta):
         clip_norm = self.used_clip_norm.get(row.round, math.nan) if row.source == "train" \
             and self.privacy.clipping != "none" else math.nan
         spread = list(self.ledger.epsilons().values()) or [0.0]
+        noisy, worst = self.privacy.noisy, self.epsilon()
         self._report(dataclasses.replace(row, extra={
-            **row.extra, "epsilon": self.epsilon(),
-            "epsilon_device_median": float(np.median(spread)) if self.privacy.noisy
-            else self.epsilon(),
+            **row.extra, "epsilon": worst,
+            "epsilon_device_median": float(np.median(spread)) if noisy else worst,
+            "epsilon_device_min": float(min(spread)) if noisy else worst,
             "clip_norm": clip_norm, **assumptions(self.privacy)}))
 
     def _record_central(self, server_round: int) -> None:
@@ -308,7 +309,8 @@ def privacy_summary(cfg: Config, frame) -> dict[str, object]:  # frame: pandas.D
     if not p.enabled:
         return {}
     last = frame.iloc[-1]
-    final_epsilon, median = float(last["epsilon"]), float(last["epsilon_device_median"])
+    final_epsilon = float(last["epsilon"])
+    spread = {name: float(last[f"epsilon_device_{name}"]) for name in ("min", "median")}
     trained = frame.loc[frame["source"] == "train", "round"]
     accounted = p.noise_multiplier * (0.5 if p.noise == "local" else NOISE_SCALE[p.scheme])
     return {"privacy": {
@@ -316,7 +318,7 @@ def privacy_summary(cfg: Config, frame) -> dict[str, object]:  # frame: pandas.D
         "delta": p.delta,
         "epsilon": final_epsilon if math.isfinite(final_epsilon) else None,
         "epsilon_of": "the worst device (most releases, highest inclusion probability)",
-        "epsilon_device_median": median if math.isfinite(median) else None,
+        **{f"epsilon_device_{k}": v if math.isfinite(v) else None for k, v in spread.items()},
         "noise": p.noise, "noise_multiplier": p.noise_multiplier,
         "noise_multiplier_accounted": accounted,
         "sample_rate": (cfg.federation.train_per_round / cfg.federation.num_train
