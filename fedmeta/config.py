@@ -181,6 +181,7 @@ class PrivacyConfig:
     secagg_threshold: int = 2
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 2 ** 22
+    insecure_reproducible_noise: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -490,6 +491,11 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
                           "single update, so it cannot clip one)")
     if p.secure_aggregation:
         n = f.train_per_round
+        if f.aggregation != "mean":
+            raise ConfigError("federation.aggregation", f.aggregation,
+                              "\"mean\" with privacy.secure_aggregation = true (SecAgg+ "
+                              "reveals only the sum of the updates, on which no robust rule "
+                              "can run)")
         if n < 2:
             raise ConfigError("federation.min_train_devices", f.min_train_devices,
                               "at least 2 devices per round under secure aggregation")

@@ -39,6 +39,7 @@ from ..privacy import accounting
 from ..privacy.clipping import AdaptiveClip, clip, l2_norm, split_noise
 from ..privacy.mechanism import NOISE_STREAM, add_noise, generator, mean_sensitivity
 from ..results import Row
+from .faults import fault_of
 from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
 from .strategy import FedMeta
@@ -136,15 +137,30 @@ class PrivateFedMeta(FedMeta):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Under SecAgg+: the protocol's unmasked mean, noised and stepped on, with the
+        devices it lost counted by kind; a round it could not finish (too few devices for
+        its threshold or ``federation.min_good_replies``, an error inside Flower, a sum out
+        of range) is retried or skipped as plaintext rounds are."""
         if not self.privacy.secure_aggregation:
             return super().aggregate_train(server_round, replies)
         grid, messages = self._secagg_round
         self._sent.pop(("train", server_round), None)  # the protocol's own bytes count
-        result = secure_mean(grid, messages, self.privacy, self.seed)
-        metrics = None
-        if result.mean is not None:
+        self._asked.pop(("train", server_round), None)  # the protocol counts the missing
+        attempt = self.attempt.get(server_round, 0)
+        result = secure_mean(grid, messages, self.privacy, self.seed,
+                             timeout=self.fed.round_timeout)
+        faults = Counter(result.lost.values())
+        faults["byzantine"] = sum(fault_of(
+            self.faults, self.seed, server_round, self.partitions[n], attempt,
+            self.fed.num_train) == "byzantine" for n in result.devices)
+        mean, metrics = result.mean, None
+        if mean is not None and len(result.devices) < self.fed.min_good_replies:
+            mean = None
+            logger.warning("round %d: %d devices in the SecAgg+ sum, %d needed (federation."
+                           "min_good_replies)", server_round, len(result.devices),
+                           self.fed.min_good_replies)
+        if mean is not None:
             weights = [m[NUM_EXAMPLES] for m in result.metrics]
-            mean = result.mean
             if self.privacy.noise == "central":
                 std = self.noise_multiplier * mean_sensitivity(self.clip_norm, weights)
                 mean = add_noise(mean, std, generator(self.seed, server_round, NOISE_STREAM))
@@ -155,13 +171,18 @@ class PrivateFedMeta(FedMeta):
             metrics = MetricRecord({k: float(np.average([m[k] for m in result.metrics],
                                                         weights=weights))
                                     for k in result.metrics[0] if k != NUM_EXAMPLES})
-        status = "ok" if result.mean is not None else "skipped"
+            status = "ok"
+        else:
+            retry = self.fed.short_round == "retry" and attempt < self.fed.max_retries
+            status = "retried" if retry else "skipped"
+            logger.warning("round %d: no SecAgg+ mean (%s): %s", server_round,
+                           result.failure or "too few devices", status)
         self.status[server_round] = status
-        self.report(Row(server_round, "train", len(result.devices),
-                        len(messages) - len(result.devices),
-                        int(sum(m[NUM_EXAMPLES] for m in result.metrics)),
+        summed = len(result.devices) if mean is not None else 0
+        self.report(Row(server_round, "train", summed, len(messages) - summed,
+                        int(sum(m[NUM_EXAMPLES] for m in result.metrics)) if summed else 0,
                         dict(metrics or {}), result.bytes_down, result.bytes_up,
-                        status=status))
+                        dict(faults), attempt, status))
         return to_record(self.trainer.params), metrics
 
     # -- stopping at the target ------------------------------------------------------------
