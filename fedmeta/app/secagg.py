@@ -31,8 +31,8 @@ Faults fail loudly (docs/privacy.md, "Secure aggregation under faults"):
 - the server drops masked vectors of the wrong shape or type before Flower sums them,
   counts every device lost at any stage by kind (error reply: ``crashed`` unless rejected,
   no reply: ``timed_out``), forgets devices lost before masking (Flower's unmasking would
-  ask for their key shares and fail, or raise a ``KeyError``), and checks that every entry
-  of the unmasked sum lies in the range honest devices can produce;
+  ask every device for their key shares, and each would raise a ``KeyError``), and checks
+  that every entry of the unmasked sum lies in the range honest devices can produce;
 - a round the protocol could not finish, or whose sum is out of range, has no mean: the
   strategy retries or skips it as it does a plaintext round with too few good replies.
 """
@@ -219,8 +219,10 @@ class _Workflow(SecAggPlusWorkflow):
     def _check_threshold(self, state) -> bool:  # noqa: ANN001
         """After setup and key sharing, first forget the devices lost so far: devices mask
         only with neighbours that shared keys with them, so the lost ones need no
-        unmasking (Flower's unmask stage would ask for their key shares, halt or raise a
-        ``KeyError`` on their missing public keys)."""
+        unmasking (Flower's unmask stage lists them as dead and asks every device for
+        their key shares, which none holds: each raises a ``KeyError``, the round halts).
+        Overrides a private method of Flower 1.4x's ``SecAggPlusWorkflow``, called at the
+        end of each stage; ``tests/test_privacy_secagg.py`` covers it."""
         if not self._masking:
             kept = set(state.active_node_ids)
             state.sampled_node_ids = kept
