@@ -60,7 +60,7 @@ def reference_tpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> tu
     return best[0], -best[1]
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))
 def test_tpr_at_1pct_fpr_is_the_best_admissible_threshold_with_hundreds_of_nonmembers(
         seed: int) -> None:
     rng = np.random.default_rng(seed)
