@@ -113,6 +113,12 @@ def test_the_auc_bootstrap_interval_covers_the_true_auc_at_its_level() -> None:
     assert 0.89 <= covered / 200 <= 0.99  # 95% nominal; binomial spread of 200 trials
 
 
+def test_perfect_separation_gets_a_finite_auc_interval() -> None:
+    low, high = auc_interval(np.arange(100) + 1000.0, np.arange(200.0),
+                             np.random.default_rng(0))
+    assert (low, high) == (1.0, 1.0)  # every resample separates perfectly
+
+
 def test_the_auc_interval_width_matches_hanley_mcneil() -> None:
     rng = np.random.default_rng(3)
     members, nonmembers = rng.normal(1, 1, 400), rng.normal(0, 1, 400)

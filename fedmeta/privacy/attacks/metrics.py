@@ -14,6 +14,7 @@ with a confidence interval.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,14 +57,21 @@ def _auc(members: np.ndarray, nonmembers: np.ndarray, axis: int = -1) -> np.ndar
 def auc_interval(members: np.ndarray, nonmembers: np.ndarray, rng: np.random.Generator,
                  resamples: int = 2000, confidence: float = CONFIDENCE
                  ) -> tuple[float, float]:
-    """BCa bootstrap interval of ``roc_auc``, resampling members and non-members apart."""
+    """BCa bootstrap interval of ``roc_auc``, resampling members and non-members apart;
+    the percentile interval where BCa is undefined (every resample scores the same, as
+    under perfect separation)."""
     members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
     if np.ptp(np.concatenate([members, nonmembers])) == 0:  # one value: AUC is 0.5 always
         return 0.5, 0.5
-    result = stats.bootstrap((members, nonmembers), _auc, n_resamples=resamples,
-                             confidence_level=confidence, method="BCa", vectorized=True,
-                             paired=False, rng=rng)
-    interval = result.confidence_interval
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (stats.DegenerateDataWarning, RuntimeWarning))
+            interval = stats.bootstrap(
+                (members, nonmembers), _auc, n_resamples=resamples,
+                confidence_level=confidence, method=method, vectorized=True, paired=False,
+                rng=rng).confidence_interval
+        if not (math.isnan(interval.low) or math.isnan(interval.high)):
+            break
     return float(interval.low), float(interval.high)
 
 
