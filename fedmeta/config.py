@@ -515,6 +515,11 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
     _check_private_accounting(p, f)
     if p.secure_aggregation:
         n = f.train_per_round
+        if f.aggregation != "mean":
+            raise ConfigError("federation.aggregation", f.aggregation,
+                              "\"mean\" with privacy.secure_aggregation = true (SecAgg+ "
+                              "reveals only the sum of the updates, on which no robust rule "
+                              "can run)")
         if n < 2:
             raise ConfigError("federation.min_train_devices", f.min_train_devices,
                               "at least 2 devices per round under secure aggregation")

@@ -10,6 +10,10 @@ with client-level DP (fixed clipping, central noise, Opacus RDP accountant), the
   device's task were its support set (local adaptation, which meta-update DP does not
   cover).
 
+Every AUC comes with a 95% BCa bootstrap interval and every TPR at 1% FPR with the
+Clopper-Pearson interval of the members above the threshold (and the threshold's FPR on
+the non-members), over hundreds of non-members a side (``fedmeta.privacy.attacks.metrics``).
+
 Writes ``table.csv``, ``table.md``, ``privacy_utility.png`` and ``study.json`` to ``--out``.
 
     FEDMETA_OMNIGLOT_DIR=../shared/data/omniglot python simulations/privacy_study.py
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -50,8 +55,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=2)
     p.add_argument("--per-round", type=int, default=5, help="training devices per round")
     p.add_argument("--meta-batch", type=int, default=4, help="episodes per local step")
-    p.add_argument("--attack-tasks", type=int, default=40, help="tasks per side, meta-model")
-    p.add_argument("--lira-tasks", type=int, default=6, help="held-out tasks for LiRA")
+    p.add_argument("--attack-tasks", type=int, default=500,
+                   help="tasks per side, meta-model attack (hundreds: TPR at 1%% FPR)")
+    p.add_argument("--lira-tasks", type=int, default=100,
+                   help="held-out tasks for the adapted-model attacks (n_way members and "
+                        "n_way * q_query non-members each)")
     p.add_argument("--shadows", type=int, default=8, help="LiRA shadow adaptations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/privacy_study"))
@@ -87,7 +95,7 @@ def tasks_of(cfg: config.Config, devices: range, count: int, seed: int):
 def attack(cfg: config.Config, frame: pd.DataFrame, args: argparse.Namespace) -> dict:
     checkpoint = frame.attrs["checkpoint"]
     learner, params = checkpoint.learner(), checkpoint.params
-    fed, steps = cfg.federation, cfg.meta.eval_steps
+    fed, steps, start = cfg.federation, cfg.meta.eval_steps, time.perf_counter()
     members = tasks_of(cfg, range(fed.num_train), args.attack_tasks, 1)
     others = tasks_of(cfg, range(fed.num_train, fed.num_devices), args.attack_tasks, 2)
     meta = loss_threshold(task_losses(learner, params, members, steps),
@@ -97,17 +105,39 @@ def attack(cfg: config.Config, frame: pd.DataFrame, args: argparse.Namespace) ->
         args.shadows, np.random.default_rng(4))
     adapted_loss = loss_threshold(stats.loss[stats.is_member], stats.loss[~stats.is_member])
     adapted_lira = lira(stats.target, stats.inside, stats.outside, stats.is_member)
-    return {"meta_loss_auc": meta.auc, "meta_loss_tpr1": meta.tpr_at_1pct_fpr,
-            "adapted_loss_auc": adapted_loss.auc, "adapted_lira_auc": adapted_lira.auc,
-            "adapted_lira_tpr1": adapted_lira.tpr_at_1pct_fpr}
+    row = {}
+    for name, result in (("meta_loss", meta), ("adapted_loss", adapted_loss),
+                         ("adapted_lira", adapted_lira)):
+        row.update({f"{name}_auc": result.auc, f"{name}_auc_lo": result.auc_ci[0],
+                    f"{name}_auc_hi": result.auc_ci[1], f"{name}_tpr1": result.tpr_at_1pct_fpr,
+                    f"{name}_tpr1_lo": result.tpr_ci[0], f"{name}_tpr1_hi": result.tpr_ci[1],
+                    f"{name}_fpr": result.fpr, f"{name}_members": result.members,
+                    f"{name}_nonmembers": result.nonmembers})
+    return {**row, "attack_s": round(time.perf_counter() - start, 1)}
+
+
+ATTACKS = (("meta_loss", "meta-model, loss threshold"),
+           ("adapted_loss", "adapted model, loss threshold"),
+           ("adapted_lira", "adapted model, LiRA"))
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The table as GitHub markdown, numbers to 3 decimals."""
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-             for row in table.itertuples(index=False)]
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
+    """Utility and each attack's AUC and TPR at 1% FPR with their 95% intervals, as GitHub
+    markdown (the full table is ``table.csv``)."""
+    heads = ["noise z", "epsilon", "post-adaptation acc"]
+    for _, label in ATTACKS:
+        heads += [f"{label} AUC", f"{label} TPR@1%FPR"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for _, row in table.iterrows():
+        cells = [f"{row['noise_multiplier']:g}", f"{row['epsilon']:.3g}",
+                 f"{row['post_acc']:.3f} ± {row['post_acc_ci95']:.3f}"]
+        for name, _ in ATTACKS:
+            cells += [f"{row[f'{name}_auc']:.3f} [{row[f'{name}_auc_lo']:.3f}, "
+                      f"{row[f'{name}_auc_hi']:.3f}]",
+                      f"{row[f'{name}_tpr1']:.3f} [{row[f'{name}_tpr1_lo']:.3f}, "
+                      f"{row[f'{name}_tpr1_hi']:.3f}]"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
@@ -120,12 +150,14 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         eps = "inf" if not math.isfinite(row["epsilon"]) else f"{row['epsilon']:.1f}"
         left.annotate(f"eps={eps}", (row["noise_multiplier"], row["post_acc"]),
                       textcoords="offset points", xytext=(4, 6), fontsize=8)
-    for column, label in (("meta_loss_auc", "meta-model, loss threshold"),
-                          ("adapted_loss_auc", "adapted model, loss threshold"),
-                          ("adapted_lira_auc", "adapted model, LiRA")):
-        right.plot(x, table[column], marker="o", label=label)
+    for name, label in ATTACKS:
+        auc = table[f"{name}_auc"]
+        right.errorbar(x, auc, yerr=[auc - table[f"{name}_auc_lo"],
+                                     table[f"{name}_auc_hi"] - auc],
+                       marker="o", capsize=3, label=label)
     right.axhline(0.5, color="grey", linestyle=":", label="chance")
-    right.set(xlabel="noise multiplier z", ylabel="membership AUC", title="leakage")
+    right.set(xlabel="noise multiplier z", ylabel="membership AUC (95% bootstrap CI)",
+              title="leakage")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -154,7 +186,8 @@ def main() -> None:
     (args.out / "table.md").write_text(markdown(table))
     plot(table, args.out / "privacy_utility.png")
     (args.out / "study.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+        {"command": " ".join(["python", *sys.argv]),
+         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
          "total_wall_s": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     print(table.to_string(index=False))
 

@@ -26,15 +26,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-
-import torch
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from ..config import COUNT_STD_SHARE, Config, PrivacyConfig
@@ -44,6 +44,7 @@ from ..privacy.clipping import AdaptiveClip, clip, l2_norm, split_noise
 from ..privacy.mechanism import add_noise, mean_sensitivity, noise_source, poisson_mean
 from ..privacy.sampling import ADJACENCY, NOISE_SCALE
 from ..results import Row
+from .faults import fault_of
 from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
 from .strategy import FedMeta
@@ -196,19 +197,33 @@ class PrivateFedMeta(FedMeta):
 
     def _secure_train(self, server_round: int
                       ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The round through SecAgg+: the unmasked mean, noised by the server under
-        central noise."""
+        """Under SecAgg+: the protocol's unmasked mean, noised by the server under central
+        noise and stepped on, with the devices it lost counted by kind; a round it could not
+        finish (too few devices for its threshold or ``federation.min_good_replies``, an
+        error inside Flower, a sum out of range) is retried or skipped as plaintext rounds
+        are."""
         grid, messages = self._secagg_round
         self._sent.pop(("train", server_round), None)  # the protocol's own bytes count
-        result = secure_mean(grid, messages, self.privacy, self.seed)
+        self._asked.pop(("train", server_round), None)  # the protocol counts the missing
+        attempt = self.attempt.get(server_round, 0)
+        result = secure_mean(grid, messages, self.privacy, self.seed,
+                             timeout=self.fed.round_timeout)
         if self.privacy.noise == "local" and self.privacy.noisy:  # each may have released
             for message in messages:
                 self.ledger.record(self.partitions[message.metadata.dst_node_id],
                                    self.accounted_noise, 1.0)
-        metrics = None
-        if result.mean is not None:
+        faults = Counter(result.lost.values())
+        faults["byzantine"] = sum(fault_of(
+            self.faults, self.seed, server_round, self.partitions[n], attempt,
+            self.fed.num_train) == "byzantine" for n in result.devices)
+        mean, metrics = result.mean, None
+        if mean is not None and len(result.devices) < self.fed.min_good_replies:
+            mean = None
+            logger.warning("round %d: %d devices in the SecAgg+ sum, %d needed (federation."
+                           "min_good_replies)", server_round, len(result.devices),
+                           self.fed.min_good_replies)
+        if mean is not None:
             weights = [m[NUM_EXAMPLES] for m in result.metrics]
-            mean = result.mean
             if self.privacy.noise == "central":
                 std = self.noise_multiplier * mean_sensitivity(self.clip_norm, weights)
                 mean = add_noise(mean, std, noise_source(self.privacy, self.seed,
@@ -220,13 +235,18 @@ class PrivateFedMeta(FedMeta):
             metrics = MetricRecord({k: float(np.average([m[k] for m in result.metrics],
                                                         weights=weights))
                                     for k in result.metrics[0] if k != NUM_EXAMPLES})
-        status = "ok" if result.mean is not None else "skipped"
+            status = "ok"
+        else:
+            retry = self.fed.short_round == "retry" and attempt < self.fed.max_retries
+            status = "retried" if retry else "skipped"
+            logger.warning("round %d: no SecAgg+ mean (%s): %s", server_round,
+                           result.failure or "too few devices", status)
         self.status[server_round] = status
-        self.report(Row(server_round, "train", len(result.devices),
-                        len(messages) - len(result.devices),
-                        int(sum(m[NUM_EXAMPLES] for m in result.metrics)),
+        summed = len(result.devices) if mean is not None else 0
+        self.report(Row(server_round, "train", summed, len(messages) - summed,
+                        int(sum(m[NUM_EXAMPLES] for m in result.metrics)) if summed else 0,
                         dict(metrics or {}), result.bytes_down, result.bytes_up,
-                        status=status))
+                        dict(faults), attempt, status))
         return to_record(self.trainer.params), metrics
 
     # -- stopping at the target ------------------------------------------------------------

@@ -44,7 +44,8 @@ def _row_means(values: np.ndarray) -> np.ndarray:
 
 def lira(target: np.ndarray, inside: np.ndarray, outside: np.ndarray,
          is_member: np.ndarray) -> AttackResult:
-    """AUC and TPR at 1% FPR of LiRA over candidates labelled by ``is_member``."""
+    """AUC and TPR at 1% FPR of LiRA over candidates labelled by ``is_member``, with
+    their intervals."""
     scores = lira_scores(target, inside, outside)
     is_member = np.asarray(is_member, bool)
     return evaluate("lira", scores[is_member], scores[~is_member])

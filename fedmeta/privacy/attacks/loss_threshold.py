@@ -9,6 +9,6 @@ from .metrics import AttackResult, evaluate
 
 
 def loss_threshold(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> AttackResult:
-    """AUC and TPR at 1% FPR of thresholding the loss."""
+    """AUC and TPR at 1% FPR of thresholding the loss, with their intervals."""
     return evaluate("loss-threshold", -np.asarray(member_losses, float),
                     -np.asarray(nonmember_losses, float))
