@@ -542,9 +542,10 @@ def _check_private_accounting(p: PrivacyConfig, f: FederationConfig) -> None:
                           "\"auto\" or \"fixed\" for a run without privacy (plain runs "
                           "sample a fixed number of devices; Poisson sampling is for private "
                           "runs: turn on privacy.clipping/noise)")
-    if p.insecure_reproducible_noise and not p.noisy:
+    if p.insecure_reproducible_noise and not (p.noisy or p.secure_aggregation):
         raise ConfigError("privacy.insecure_reproducible_noise", True,
-                          "false when no noise is added (it only seeds DP noise)")
+                          "false when neither noise nor secure aggregation is on (it only "
+                          "seeds DP noise and SecAgg+'s rounding and shuffling)")
     if p.noise == "central" and f.aggregation != "mean":
         raise ConfigError("federation.aggregation", f.aggregation,
                           "\"mean\" with privacy.noise=\"central\": the noise is calibrated to "
