@@ -93,6 +93,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="the SuperNode would dial without TLS")
     ch.set_defaults(func=check)
 
+    r = commands.add_parser(
+        "run", help="flwr run, with an exit status that says whether the run completed",
+        description="Run `flwr run APP [CONNECTION] --stream ARGS...` (its log passes "
+                    "through), then ask `flwr ls` for the run's final status: exit status 0 "
+                    "if it is finished:completed, 2 otherwise (`flwr run` itself exits 0 "
+                    "whatever the run's outcome). Arguments after -- go to flwr run, e.g. "
+                    "fedmeta deploy run fedmeta-local -- --run-config \"federation.rounds=5\".")
+    r.add_argument("connection", nargs="?", default=None,
+                   help="the SuperLink connection (default: Flower's default, `local`)")
+    r.add_argument("--app", type=Path, default=Path("."),
+                   help="the Flower App's folder (default: .)")
+    r.add_argument("flwr_args", nargs=argparse.REMAINDER,
+                   help="arguments for flwr run, after --")
+    r.set_defaults(func=run)
+
 
 def certs(args: argparse.Namespace) -> int:
     """``fedmeta deploy certs``."""
@@ -134,6 +149,18 @@ def down(args: argparse.Namespace) -> int:
     from ..deploy.federation import down as stop
 
     print(f"stopped {stop(_folder(args.dir))} processes")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedmeta deploy run``."""
+    from ..deploy.run import run_app
+
+    connection, extra = args.connection, list(args.flwr_args)
+    if connection is not None and connection.startswith("-"):  # `run -- --run-config ...`
+        connection, extra = None, [connection, *extra]
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    print(run_app(args.app, connection, extra))
     return 0
 
 
