@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmeta.app import client_app, server_app
-from fedmeta.app.discovery import DiscoveryError, Found, ask_partitions
+from fedmeta.app.discovery import DiscoveryError, ask_partitions
 from fedmeta.app.sizing import size_to
 from fedmeta.errors import ConfigError
 from local_grid import LocalGrid
@@ -198,3 +198,16 @@ def test_a_bad_run_config_fails_before_any_device_is_asked(
     with pytest.raises(server_app.RunFailed, match="federation.discovery_timeout=0"):
         server_app.main(grid, context(run_config(federation__discovery_timeout=0.0)))
     assert grid.sent == []
+
+
+def test_a_node_that_replies_an_error_is_asked_again_after_the_wait(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = ClientApp()  # no query handler: every query comes back as an error at once
+    grid = SlowGrid(2)
+    grid.app = app
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="flwr.fedmeta"):
+        found = ask_partitions(grid, lambda f: 2, timeout_s=1.0, ask_wait=0.3, first_wait=0.3)
+    assert found.partitions == {} and set(found.refused) == set(grid.contexts)
+    assert 3 <= found.asks <= 5 and time.monotonic() - start >= 0.9  # paced, not a hot loop
+    assert caplog.text.count("did not say which partition it holds") == 2  # once per node

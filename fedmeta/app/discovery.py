@@ -23,7 +23,7 @@ from .client_app import PARTITION
 
 logger = logging.getLogger("flwr.fedmeta")
 
-FIRST_WAIT_S = 5.0  # the first ask's wait for replies; doubled at each ask after it
+FIRST_WAIT_S = 30.0  # the first ask's wait for replies; doubled at each ask after it
 
 
 @dataclass
@@ -70,16 +70,19 @@ def ask_partitions(grid: Grid, want: Callable[[Found], int | None], timeout_s: f
         ask = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
                for n in pending]
         found.asks += 1
-        for reply in grid.send_and_receive(ask, timeout=min(wait, ask_wait, left)):
+        began, this_wait, refused = time.monotonic(), min(wait, ask_wait, left), False
+        for reply in grid.send_and_receive(ask, timeout=this_wait):
             node, answer = reply.metadata.src_node_id, _read(reply)
             if isinstance(answer, str):
                 if node not in found.refused:
                     logger.warning("node %d did not say which partition it holds (%s); "
                                    "asking it again", node, answer)
-                found.refused[node] = answer
+                found.refused[node], refused = answer, True
             else:
                 found.partitions[node] = answer
                 found.refused.pop(node, None)
+        if refused:  # an error comes back at once: do not ask again before the wait is over
+            time.sleep(max(0.0, began + this_wait - time.monotonic()))
         wait = min(2 * wait, ask_wait)
 
 

@@ -5,7 +5,8 @@
 ``hosts``: IP addresses or DNS names the SuperNodes and ``flwr`` will dial). SuperNodes and
 the ``flwr`` CLI trust the CA (``--root-certificates``, ``root-certificates``); the
 SuperLink serves the certificate (``--ssl-certfile``, ``--ssl-keyfile``,
-``--ssl-ca-certfile``). Keys are created with mode 0600. For production, use certificates from your own PKI instead.
+``--ssl-ca-certfile``). Keys are created with mode 0600 (``secrets.write_private``). For
+production, use certificates from your own PKI instead.
 """
 
 from __future__ import annotations
