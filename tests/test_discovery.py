@@ -112,19 +112,31 @@ def test_a_reply_after_the_wait_is_asked_again_on_threads() -> None:
     assert found.asks >= 2 and calls[1] >= 2 and calls[0] == calls[2] == 1
 
 
-def test_a_node_that_never_answers_is_named_with_the_setting_to_change() -> None:
+def strategy(**fed: object):
     from fedmeta.app.strategy import FedMeta
     from fedmeta.config import from_dict
     from fedmeta.meta import MetaTrainer, build_learner
     from fedmeta.models import MLP
 
-    cfg = from_dict({"federation": {"num_devices": 5, "num_held_out": 1,
-                                    "discovery_timeout": 2.0, "round_timeout": 0.5}})
-    s = FedMeta(cfg.federation, MetaTrainer(build_learner("maml", MLP(hidden=(3,))), 1.0),
-                seed=0)
+    cfg = from_dict({"federation": {"num_devices": 5, "num_held_out": 1, **fed}})
+    return FedMeta(cfg.federation, MetaTrainer(build_learner("maml", MLP(hidden=(3,))), 1.0),
+                   seed=0)
+
+
+def test_the_strategys_asks_do_not_follow_a_short_round_timeout() -> None:
+    """``round_timeout=8`` on a loaded host: the issue's case. Asks wait 30 s, then 60 s."""
+    s = strategy(round_timeout=8.0, discovery_timeout=300.0)
+    grid = SlowGrid(5, silent={0: 2, 4: 1})
+    s.discover(grid)
+    assert sorted(s.partitions.values()) == [0, 1, 2, 3, 4]
+    assert grid.waits == [30, 60] and [len(a) for a in grid.asks] == [5, 2, 1]
+
+
+def test_a_node_that_never_answers_is_named_with_the_setting_to_change() -> None:
+    s = strategy(discovery_timeout=2.0)
     grid = SlowGrid(5, silent={3: -1})
     with pytest.raises(DiscoveryError) as caught:
-        s.discover(grid, timeout=cfg.federation.round_timeout)
+        s.discover(grid, timeout=0.5)
     message = str(caught.value)
     assert message.count("\n") == 0
     assert "4 of 5 devices said which partition they hold within " \

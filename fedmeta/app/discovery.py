@@ -3,14 +3,18 @@
 Under load a device can take long to answer its first message: Ray's workers start (and
 import torch) when the first messages arrive, and a real SuperNode starts a ClientApp
 process per message. So nodes that have not answered are asked again, with a wait that
-doubles from ``first_wait`` (at most ``ask_wait``: the round timeout) until
-``federation.discovery_timeout`` runs out, and nodes that connect late are asked when they
-appear. A failure says which nodes and partitions did not answer and what to change.
+doubles from ``first_wait`` (30 s) until ``federation.discovery_timeout`` runs out, and nodes
+that connect late are asked when they appear. The waits do not follow the round timeout: a
+short one would flood a slow-starting node with queries (each one more message for Ray's
+workers to drain, or one more ClientApp process on a SuperNode), and a wait costs nothing
+once every node has answered. A failure says which nodes and partitions did not answer and
+what to change.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,10 +54,11 @@ def _read(reply: Message) -> tuple[int, int] | str:
 
 
 def ask_partitions(grid: Grid, want: Callable[[Found], int | None], timeout_s: float,
-                   ask_wait: float, first_wait: float = FIRST_WAIT_S,
+                   ask_wait: float = math.inf, first_wait: float = FIRST_WAIT_S,
                    found: Found | None = None) -> Found:
     """Ask nodes that have not answered for their partition, again and again, until
-    ``want(found)`` answers have come (``None``: not known yet) or ``timeout_s`` passes."""
+    ``want(found)`` answers have come (``None``: not known yet) or ``timeout_s`` passes;
+    one ask waits ``first_wait``, doubled at each ask, at most ``ask_wait``."""
     found = found or Found()
     deadline, wait = time.monotonic() + timeout_s, first_wait
     while True:

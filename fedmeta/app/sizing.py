@@ -62,7 +62,7 @@ def fit_to_federation(grid: Grid, flat: Mapping[str, Any]
                                f"SuperNode the same num-partitions")
         return sizes[0] if sizes else None
 
-    found = ask_partitions(grid, size, fed.discovery_timeout, fed.round_timeout)
+    found = ask_partitions(grid, size, fed.discovery_timeout)
     n = size(found) or len(list(grid.get_node_ids())) or 1
     if len(found.partitions) < n:
         raise DiscoveryError(missing_message(grid, found, n, fed.discovery_timeout))

@@ -79,12 +79,12 @@ class FedMeta(FedAvg):
         self.status: dict[int, str] = {}  # round -> status of its latest training attempt
 
     # -- which node is which device -------------------------------------------------------
-    def discover(self, grid: Grid, timeout: float) -> None:
+    def discover(self, grid: Grid, timeout: float = math.inf) -> None:
         """Learn which node holds which partition (``fedmeta.app.discovery``): nodes that
-        have not answered are asked again, each ask waiting at most ``timeout`` (the round
-        timeout), until all ``num_devices`` have answered or ``federation.discovery_timeout``
-        passes; then ``DiscoveryError`` names what did not answer. Nodes already in
-        ``partitions`` are not asked again."""
+        have not answered are asked again, each ask waiting longer (at most ``timeout``),
+        until all ``num_devices`` have answered or ``federation.discovery_timeout`` passes;
+        then ``DiscoveryError`` names what did not answer. Nodes already in ``partitions``
+        are not asked again."""
         n, limit = self.fed.num_devices, self.fed.discovery_timeout
 
         def want(found: Found) -> int:  # a federation of another size fails at once
@@ -288,7 +288,7 @@ class FedMeta(FedAvg):
         self._num_rounds = num_rounds
         if first_round > num_rounds:
             return Result(arrays=initial_arrays)
-        self.discover(grid, timeout)
+        self.discover(grid)
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         if first_round == 1:
