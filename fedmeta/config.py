@@ -100,6 +100,7 @@ class FederationConfig:
     eval_every: int = 15
     eval_episodes: int = 25
     round_timeout: float = 3600.0
+    discovery_timeout: float = 300.0
     min_good_replies: int = 1
     short_round: str = "retry"
     max_retries: int = 2
@@ -404,6 +405,10 @@ def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:
     if not (math.isfinite(f.round_timeout) and f.round_timeout > 0):
         raise ConfigError("federation.round_timeout", f.round_timeout,
                           "a finite number of seconds > 0")
+    if not (math.isfinite(f.discovery_timeout) and f.discovery_timeout > 0):
+        raise ConfigError("federation.discovery_timeout", f.discovery_timeout,
+                          "a finite number of seconds > 0 (how long the server waits for "
+                          "every device to say which partition it holds)")
     if not 1 <= f.min_good_replies <= f.train_per_round:
         raise ConfigError("federation.min_good_replies", f.min_good_replies,
                           f"an integer in [1, {f.train_per_round}] (the devices sampled "

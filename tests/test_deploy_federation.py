@@ -1,14 +1,17 @@
 """A real federation on loopback: ``fedmeta deploy local`` starts ``flower-superlink`` (TLS
 from a local CA, SuperNode authentication) and 2 ``flower-supernode`` processes with
-registered keys; ``flwr run . fedmeta-test`` runs 2 rounds of fedmeta-maml on it, and its
-results table equals, byte for byte, the same config run by ``fedmeta.simulate``. A
-SuperNode with an unregistered key, and connections without TLS, are refused; ``fedmeta
-deploy down`` leaves no process behind. About 1.5-2 minutes on 2 busy cores."""
+registered keys, private and git-ignored; ``fedmeta deploy run fedmeta-test`` (``flwr run``)
+runs 2 rounds of fedmeta-maml on it, sized to the 2 SuperNodes, and its results table
+equals, byte for byte, the same config run by ``fedmeta.simulate``; a run config the
+ServerApp refuses is one line and exit status 2. A SuperNode with an unregistered key, and
+connections without TLS, are refused, and ``fedmeta deploy check`` explains the latter;
+``fedmeta deploy down`` leaves no process behind. About 2-3 minutes on 2 busy cores."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import tomllib
@@ -30,8 +33,11 @@ CONFIG = {"train": {"seed": 4},
           "federation": {"num_devices": 2, "num_held_out": 1, "min_train_devices": 1,
                          "rounds": 2, "eval_every": 2, "meta_batch": 2, "eval_episodes": 3},
           "simulation": {"num_cpus": 1, "ray_cpus": 2}}
+# federation.num_devices left at "auto": the ServerApp sizes the fleet to the 2 SuperNodes
+# (1 held out, min_train_devices 1), which is CONFIG
 RUN_CONFIG = " ".join(f"{section}.{key}={value}" for section in ("train", "federation")
-                      for key, value in CONFIG[section].items())
+                      for key, value in CONFIG[section].items()
+                      if key not in ("num_devices", "num_held_out", "min_train_devices"))
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
                          "--connection", CONNECTION)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "with TLS and SuperNode authentication; 2 SuperNodes online" in up.stdout
+        assert f"run:  flwr run . {CONNECTION} --stream\n" in up.stdout
         state = json.loads((folder / "federation.json").read_text())
         yield Deployed(folder, env, state["address"], folder / "certs" / "ca.crt",
                        state["supernode_pids"])
@@ -87,10 +94,12 @@ def logged_results(log: str, lines: int) -> str:
 
 
 def test_flwr_run_on_the_deployed_federation_matches_the_simulation(fed: Deployed) -> None:
+    """Through ``fedmeta deploy run`` (``flwr run . fedmeta-test --stream``, then the run's
+    status from ``flwr ls``)."""
     import fedmeta
 
-    run = subprocess.Popen([str(BIN / "flwr"), "run", ".", CONNECTION, "--stream",
-                            "--run-config", RUN_CONFIG], cwd=ROOT, env=fed.env,
+    run = subprocess.Popen([sys.executable, "-m", "fedmeta", "deploy", "run", CONNECTION,
+                            "--", "--run-config", RUN_CONFIG], cwd=ROOT, env=fed.env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         simulated = fedmeta.simulate(CONFIG, progress=False)  # on Ray, meanwhile
@@ -100,11 +109,25 @@ def test_flwr_run_on_the_deployed_federation_matches_the_simulation(fed: Deploye
             run.kill()
             run.wait()
     assert run.returncode == 0, log[-3000:]
+    assert "finished:completed" in log.splitlines()[-1], log[-3000:]
+    assert "federation.num_devices=auto: the federation has 2 SuperNodes" in log, log[-3000:]
     expected = simulated.to_csv(index=False, lineterminator="\n")
     assert [(r, s) for r, s in simulated[["round", "source"]].itertuples(index=False)] == [
         (0, "eval"), (1, "train"), (2, "train"), (2, "eval")]
     # Tolerance: none. Same seeds, same sampling, replies ordered by partition: same bytes.
     assert logged_results(log, expected.count("\n")) == expected, log[-3000:]
+
+
+def test_a_refused_run_is_one_line_and_a_failure(fed: Deployed) -> None:
+    """``flwr run`` exits 0 for a failed run; ``fedmeta deploy run`` exits 2 and says so."""
+    run = fedmeta_cli(fed.env, "deploy", "run", CONNECTION, "--", "--run-config",
+                      "federation.num_devices=3 federation.num_held_out=1")
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr
+    assert "ended finished:failed" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    refused = [line for line in run.stdout.splitlines() if "fedmeta: " in line]
+    assert refused and "federation.num_devices=3 is not allowed: expected the federation's " \
+                       "size: it has 2 SuperNodes" in refused[0], run.stdout[-3000:]
+    assert "Traceback" not in run.stdout, run.stdout[-3000:]
 
 
 def supernode(fed: Deployed, folder: Path, *flags: str) -> subprocess.Popen:
@@ -122,9 +145,10 @@ def test_supernode_with_an_unregistered_key_is_refused(fed: Deployed, tmp_path: 
     make_node_key(key)
     intruder = supernode(fed, tmp_path, "--root-certificates", str(fed.ca_cert),
                          "--auth-supernode-private-key", str(key))
-    assert intruder.wait(timeout=120) != 0
+    # Flower logs its exit code 305 but the process exits with status 1 (flwr_exit)
+    assert intruder.wait(timeout=120) == 1
     out = processes.log_text(tmp_path / "supernode.log")
-    assert "Failed to activate SuperNode" in out, out
+    assert "Failed to activate SuperNode" in out and "Exit Code: 305" in out, out
     assert len(online_nodes(fed)) == 2  # the registered two, and only them
 
 
@@ -140,6 +164,27 @@ def test_connections_without_tls_are_refused(fed: Deployed, tmp_path: Path) -> N
     assert plain_node.wait(timeout=120) != 0
     out = processes.log_text(tmp_path / "supernode.log")
     assert "Failed to initialize the connection to the SuperLink" in out, out
+
+
+def test_secrets_are_private_and_hidden_from_git(fed: Deployed) -> None:
+    assert (fed.folder / ".gitignore").read_text().splitlines()[-1] == "*"
+    for key in ("certs/ca.key", "certs/server.key", "keys/node-0", "keys/node-1"):
+        assert stat.S_IMODE(os.stat(fed.folder / key).st_mode) == 0o600, key
+
+
+def test_check_explains_an_insecure_supernode_against_this_superlink(fed: Deployed) -> None:
+    wrong = fedmeta_cli(fed.env, "deploy", "check", "--superlink", fed.address, "--insecure")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "speaks TLS" in wrong.stderr and "pass --root-certificates" in wrong.stderr
+    right = fedmeta_cli(fed.env, "deploy", "check", "--superlink", fed.address,
+                        "--root-certificates", str(fed.ca_cert))
+    assert right.returncode == 0 and "verifies against" in right.stdout, right.stderr
+
+
+def test_a_second_federation_in_the_same_folder_is_refused(fed: Deployed) -> None:
+    again = fedmeta_cli(fed.env, "deploy", "local", "--nodes", "2", "--dir", str(fed.folder))
+    assert again.returncode == 2 and "already running" in again.stderr, again.stderr
+    assert len(online_nodes(fed)) == 2
 
 
 def test_down_leaves_no_process_behind(fed: Deployed) -> None:

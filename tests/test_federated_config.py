@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import fedmeta.cli
+from fedmeta.app.sizing import size_to
 from fedmeta.config import Config, from_dict, from_flat, load
 from fedmeta.errors import ConfigError
 from fedmeta.federated import FEDERATED_ALGORITHMS
@@ -97,7 +98,12 @@ def test_pyproject_flower_run_config_is_the_config_defaults() -> None:
     central_only = {k for k in defaults if k.startswith(("simulation.", "train."))
                     and k != "train.seed"} | {"meta.algorithm"}
     assert set(declared) == set(defaults) - central_only
-    assert from_flat(declared) == from_flat({k: defaults[k] for k in declared})
+    # flwr run sizes the fleet to the federation it finds (fedmeta/app/sizing.py); at the
+    # default's size it is the default config
+    assert declared["federation.num_devices"] == "auto"
+    sized, changes = size_to(declared, defaults["federation.num_devices"])
+    assert changes == [f"num_devices={defaults['federation.num_devices']}"]
+    assert from_flat(sized) == from_flat({k: defaults[k] for k in declared})
 
 
 def test_cli_rejects_bad_input_in_one_line_before_starting_ray(

@@ -195,24 +195,28 @@ def test_evaluation_pools_episodes_of_held_out_devices_with_a_95_ci(
 
 
 def test_a_federation_of_the_wrong_size_is_a_clear_error() -> None:
-    s = strategy()
-    s.partitions = {}
-    answer = reply(0, RecordDict({"partition": ConfigRecord({"partition-id": 0,
-                                                            "num-partitions": 2})}),
-                   MessageType.QUERY)
-    with pytest.raises(ConfigError, match="num-supernodes=6"):
-        s._register(answer)
-
-
-def test_missing_devices_are_a_clear_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     from fedmeta.app import client_app
-    from fedmeta.app import strategy as strategy_module
     from local_grid import LocalGrid
 
-    monkeypatch.setattr(strategy_module, "NODE_WAIT_S", 0.3)
-    s = strategy()
+    s = strategy(discovery_timeout=5.0)
+    s.partitions = {}
+    with pytest.raises(ConfigError, match="num-supernodes=6") as caught:
+        s.discover(LocalGrid(client_app.app, 2), timeout=10)  # 2 SuperNodes, not 6
+    assert "federation.num_devices=6" in str(caught.value) and "it has 2 SuperNodes" in str(
+        caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_devices_are_a_clear_error_not_a_hang() -> None:
+    from fedmeta.app import client_app
+    from fedmeta.app.discovery import DiscoveryError
+    from local_grid import LocalGrid
+
+    s = strategy(discovery_timeout=0.3)
     s.partitions = {}
     grid = LocalGrid(client_app.app, 5, num_partitions=6)  # a sixth SuperNode never joins
-    with pytest.raises(ConfigError, match="5 answered"):
+    with pytest.raises(DiscoveryError, match="5 of 6 devices") as caught:
         s.discover(grid, timeout=10)
+    message = str(caught.value)
+    assert "partitions 5 missing" in message and "only 5 of 6 SuperNodes are connected" in message
+    assert "federation.discovery_timeout" in message
     assert sorted(s.partitions.values()) == [0, 1, 2, 3, 4]

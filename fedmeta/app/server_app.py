@@ -6,6 +6,13 @@ source, the final table and the tidy table as CSV after a ``results.csv:`` line 
 ``fedmeta run`` writes to ``results.csv``; on a SuperLink, ``flwr log RUN_ID`` gets it back);
 ``fedmeta.simulate`` runs ``run_federation`` in its own ServerApp to also collect the
 records and the final meta-model.
+
+Under ``flwr run``, ``federation.num_devices = "auto"`` (the default there) sizes the fleet
+to the federation found (``fedmeta.app.sizing``). A run that fedmeta refuses or that fails
+(bad run config, a federation of another size, devices that never answer) ends with one
+``fedmeta: ...`` ERROR line and no traceback, and the ServerApp fails: the run's status is
+``finished:failed`` and Flower's ServerApp process exits with status 1 (docs/deployment.md
+has the codes).
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Context
+from flwr.app.exception import AppExitException
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.exit import ExitCode
 
 from ..checkpoint import Checkpoint
 from ..config import Config, from_flat
-from ..errors import ConfigError
+from ..errors import ConfigError, FedmetaError
 from ..federated import FEDERATED_ALGORITHMS
 from ..fleet import FleetRun, enabled as fleet_enabled
 from ..meta import MetaTrainer, build_learner
@@ -34,6 +43,7 @@ from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
 from .records import config_record, to_record
 from .privacy_wrap import make_strategy
+from .sizing import fit_to_federation, is_auto
 
 logger = logging.getLogger("flwr.fedmeta")
 
@@ -43,12 +53,13 @@ RESULTS_CSV = "results.csv:"  # heads the tidy table in the log, as `fedmeta run
 
 
 def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
-                   state_path: Path | None = None, resume: ServerState | None = None
-                   ) -> Checkpoint:
+                   state_path: Path | None = None, resume: ServerState | None = None,
+                   partitions: dict[int, int] | None = None) -> Checkpoint:
     """Meta-train ``cfg``'s fleet over ``grid``; return the final meta-model.
 
     With ``state_path``, the server state is saved there after every round; with
-    ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only).
+    ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only);
+    ``partitions`` (node id -> partition id), if already discovered, are not asked again.
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
@@ -93,6 +104,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         tasks.model_kwargs, sort_keys=True)})
     strategy = make_strategy(cfg, trainer, record)
     strategy.fleet = fleet
+    strategy.partitions = dict(partitions or {})
     strategy.start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
@@ -103,10 +115,41 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
                       trainer.params, tasks.info)
 
 
+class RunFailed(AppExitException):
+    """A fedmeta error that ends a ``flwr run``: Flower marks the run failed and exits the
+    ServerApp process with status 1 (``Exit Code: 201`` in its log)."""
+
+    exit_code = ExitCode.SERVERAPP_EXCEPTION
+
+
+class _NoTraceback(logging.Filter):
+    """Flower logs a ServerApp's exception with its traceback; ours was said in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("flwr").addFilter(_NoTraceback())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the run config is our config, flattened; results go to the log."""
-    cfg = from_flat(context.run_config)
+    """``flwr run``: the run config is our config, flattened; results go to the log. A
+    fedmeta error is one ERROR line, and the run fails (``RunFailed``)."""
+    try:
+        _run(grid, context)
+    except FedmetaError as exc:
+        logger.error("fedmeta: %s", exc)
+        raise RunFailed(str(exc)) from None
+
+
+def _run(grid: Grid, context: Context) -> None:
+    flat, partitions = dict(context.run_config), None
+    if is_auto(flat):
+        flat, partitions = fit_to_federation(grid, flat)
+    cfg = from_flat(flat)
     rows: list[Row] = []
 
     def report(row: Row) -> None:
@@ -114,7 +157,7 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("round %d %s: %d devices, %s, %d B down, %d B up", row.round, row.source,
                     row.devices, row.brief(), row.bytes_down, row.bytes_up)
 
-    run_federation(grid, cfg, report)
+    run_federation(grid, cfg, report, partitions=partitions)
     frame = table(rows)
     logger.info("%s on held-out devices:\n%s", cfg.federation.algorithm, final_table(frame))
     logger.info("%s\n%s", RESULTS_CSV, frame.to_csv(index=False, lineterminator="\n"))

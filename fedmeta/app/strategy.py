@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -38,7 +37,7 @@ from ..meta import MetaTrainer, MetaUpdate
 from ..meta.evaluation import METRICS, summarize
 from ..privacy import sampling
 from ..results import Row
-from .client_app import PARTITION
+from .discovery import DiscoveryError, Found, ask_partitions, missing_message
 from .faults import fault_of
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
                       SCORES, array_bytes, to_params, to_record)
@@ -48,7 +47,6 @@ from .rounds import run_rounds
 logger = logging.getLogger("flwr.fedmeta")
 
 SAMPLING_STREAM = 0xFED5A3  # rng stream of device sampling, apart from devices' streams
-NODE_WAIT_S = 60.0  # how long to wait for every device's SuperNode to connect
 NOT_FINITE = "is not finite"  # the end of a non-finite reply's problem
 
 
@@ -84,40 +82,38 @@ class FedMeta(FedAvg):
         self.eligible: dict[int, list[int]] = {}  # round -> partitions its latest draw was among
 
     # -- which node is which device -------------------------------------------------------
-    def discover(self, grid: Grid, timeout: float) -> None:
-        """Ask every node for its partition until all ``num_devices`` have answered."""
-        n, deadline, asked = self.fed.num_devices, time.monotonic() + NODE_WAIT_S, set()
-        while len(self.partitions) < n:
-            new = [i for i in sorted(grid.get_node_ids()) if i not in asked]
-            if new:
-                asked.update(new)
-                ask = [Message(RecordDict(), dst_node_id=i, message_type=MessageType.QUERY)
-                       for i in new]
-                for reply in grid.send_and_receive(ask, timeout=timeout):
-                    self._register(reply)
-            elif time.monotonic() > deadline:
-                raise ConfigError("federation.num_devices", n,
-                                  f"the number of SuperNodes; {len(self.partitions)} "
-                                  f"answered within {NODE_WAIT_S:.0f} s")
-            else:
-                time.sleep(0.2)
+    def discover(self, grid: Grid, timeout: float = math.inf) -> None:
+        """Learn which node holds which partition (``fedmeta.app.discovery``): nodes that
+        have not answered are asked again, each ask waiting longer (at most ``timeout``),
+        until all ``num_devices`` have answered or ``federation.discovery_timeout`` passes;
+        then ``DiscoveryError`` names what did not answer. Nodes already in ``partitions``
+        are not asked again."""
+        n, limit = self.fed.num_devices, self.fed.discovery_timeout
+
+        def want(found: Found) -> int:  # a federation of another size fails at once
+            for node, (partition, num_partitions) in found.partitions.items():
+                self._register(node, partition, num_partitions)
+            return n
+
+        known = Found({node: (p, n) for node, p in self.partitions.items()})
+        found = ask_partitions(grid, want, limit, timeout, found=known)
+        want(found)
+        if len(self.partitions) < n:
+            raise DiscoveryError(missing_message(grid, found, n, limit))
         if sorted(self.partitions.values()) != list(range(n)):
             raise ConfigError("federation.num_devices", n, "SuperNodes holding partitions "
                               f"0..{n - 1}, once each; got {sorted(self.partitions.values())}")
 
-    def _register(self, reply: Message) -> None:
-        node = reply.metadata.src_node_id
-        if reply.has_error() or PARTITION not in reply.content.config_records:
-            logger.warning("node %d did not say which partition it holds; ignored", node)
-            return
-        info = reply.content[PARTITION]
-        if int(info["num-partitions"]) != self.fed.num_devices:
+    def _register(self, node: int, partition: int, num_partitions: int) -> None:
+        """Record that ``node`` holds ``partition`` of a federation of ``num_partitions``."""
+        if num_partitions != self.fed.num_devices:
             raise ConfigError(
                 "federation.num_devices", self.fed.num_devices,
-                f"the federation's size: it has {info['num-partitions']} SuperNodes (for a "
-                f"local simulation: flwr run . --federation-config "
-                f"\"num-supernodes={self.fed.num_devices}\", or set federation.num_devices)")
-        self.partitions[node] = int(info["partition-id"])
+                f"the federation's size: it has {num_partitions} SuperNodes (under flwr "
+                f"run, leave federation.num_devices at \"auto\" to size the fleet to them; "
+                f"for a local simulation of {self.fed.num_devices}: flwr run . "
+                f"--federation-config \"num-supernodes={self.fed.num_devices}\")")
+        self.partitions[node] = partition
 
     def _nodes(self, held_out: bool) -> list[int]:
         """Training (or held-out) nodes, ordered by partition."""
@@ -305,7 +301,7 @@ class FedMeta(FedAvg):
         self._num_rounds = num_rounds
         if first_round > num_rounds:
             return Result(arrays=initial_arrays)
-        self.discover(grid, timeout)
+        self.discover(grid)
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         if first_round == 1:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_DIR = Path(".fedmeta-federation")
+DIR_HELP = ("certificates, keys, logs and state (default: $XDG_STATE_HOME/fedmeta/federation, "
+            "else ~/.local/state/fedmeta/federation: outside any source tree)")
+
+
+def _folder(given: Path | None) -> Path:
+    """``--dir``, else the per-user default outside the source tree."""
+    from ..deploy.secrets import default_federation_dir
+
+    return given if given is not None else default_federation_dir()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,11 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "authentication (each node's key registered with `flwr supernode "
                     "register`), add the SuperLink connection to the Flower configuration "
                     "($FLWR_HOME/config.toml) and return once every SuperNode is online. "
-                    "Then: flwr run . <connection> --stream --run-config "
-                    "\"federation.num_devices=N ...\". Stop it with `fedmeta deploy down`.")
+                    "Then: flwr run . <connection> --stream (the ServerApp sizes the fleet "
+                    "to the N SuperNodes). Stop it with `fedmeta deploy down`.")
     loc.add_argument("--nodes", type=int, required=True, help="how many SuperNodes")
-    loc.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                     help=f"certificates, keys, logs and state (default: {DEFAULT_DIR})")
+    loc.add_argument("--dir", type=Path, default=None, help=DIR_HELP)
     loc.add_argument("--connection", default="fedmeta-local",
                      help="name of the SuperLink connection (default: fedmeta-local)")
     loc.add_argument("--insecure", action="store_true",
@@ -65,9 +72,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = commands.add_parser("down", help="stop the local federation",
                             description="Stop every process of the local federation in "
                                         "--dir and remove its SuperLink connection.")
-    d.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                   help=f"the federation's folder (default: {DEFAULT_DIR})")
+    d.add_argument("--dir", type=Path, default=None,
+                   help="the federation's folder (default: as for `fedmeta deploy local`)")
     d.set_defaults(func=down)
+
+    ch = commands.add_parser(
+        "check", help="can a SuperNode with these settings talk to this SuperLink?",
+        description="Connect once to the SuperLink's Fleet API address, attempt a TLS "
+                    "handshake and, with --root-certificates, verify its certificate for "
+                    "that address: say whether a SuperNode started with these settings "
+                    "(--insecure, or --root-certificates CA) can connect, and what to "
+                    "change if not (a SuperNode with the wrong one only retries forever). "
+                    "Exit status 0 if it fits, 2 if not or if nothing answers.")
+    ch.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                    help="the address SuperNodes dial (flower-supernode --superlink)")
+    mode = ch.add_mutually_exclusive_group()
+    mode.add_argument("--root-certificates", type=Path, metavar="CA_CERT",
+                      help="the CA certificate a SuperNode would trust")
+    mode.add_argument("--insecure", action="store_true",
+                      help="the SuperNode would dial without TLS")
+    ch.set_defaults(func=check)
+
+    r = commands.add_parser(
+        "run", help="flwr run, with an exit status that says whether the run completed",
+        description="Run `flwr run APP [CONNECTION] --stream ARGS...` (its log passes "
+                    "through), then ask `flwr ls` for the run's final status: exit status 0 "
+                    "if it is finished:completed, 2 otherwise (`flwr run` itself exits 0 "
+                    "whatever the run's outcome). Arguments after -- go to flwr run, e.g. "
+                    "fedmeta deploy run fedmeta-local -- --run-config \"federation.rounds=5\".")
+    r.add_argument("connection", nargs="?", default=None,
+                   help="the SuperLink connection (default: Flower's default, `local`)")
+    r.add_argument("--app", type=Path, default=Path("."),
+                   help="the Flower App's folder (default: .)")
+    r.add_argument("flwr_args", nargs=argparse.REMAINDER,
+                   help="arguments for flwr run, after --")
+    r.set_defaults(func=run)
 
 
 def certs(args: argparse.Namespace) -> int:
@@ -93,18 +132,15 @@ def local(args: argparse.Namespace) -> int:
     """``fedmeta deploy local``."""
     from ..deploy.federation import up
 
-    fed = up(args.dir, args.nodes, insecure=args.insecure, connection=args.connection,
+    fed = up(_folder(args.dir), args.nodes, insecure=args.insecure, connection=args.connection,
              timeout=args.timeout)
     security = "INSECURE: without TLS and SuperNode authentication" if fed.insecure else \
         "with TLS and SuperNode authentication"
-    n = len(fed.supernode_pids)
-    small = " federation.min_train_devices=1" if n < 3 else ""
-    print(f"SuperLink on {fed.address} {security}; {n} SuperNodes online; logs in "
-          f"{Path(fed.folder) / 'logs'}\n"
+    print(f"SuperLink on {fed.address} {security}; {len(fed.supernode_pids)} SuperNodes "
+          f"online; keys, certificates and logs in {fed.folder}\n"
           f"connection '{fed.connection}' written to {fed.flower_config}\n"
-          f"run:  flwr run . {fed.connection} --stream --run-config "
-          f"\"federation.num_devices={n} federation.num_held_out=1{small}\"\n"
-          f"stop: fedmeta deploy down --dir {args.dir}")
+          f"run:  flwr run . {fed.connection} --stream\n"
+          f"stop: fedmeta deploy down --dir {fed.folder}")
     return 0
 
 
@@ -112,5 +148,25 @@ def down(args: argparse.Namespace) -> int:
     """``fedmeta deploy down``."""
     from ..deploy.federation import down as stop
 
-    print(f"stopped {stop(args.dir)} processes")
+    print(f"stopped {stop(_folder(args.dir))} processes")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedmeta deploy run``."""
+    from ..deploy.run import run_app
+
+    connection, extra = args.connection, list(args.flwr_args)
+    if connection is not None and connection.startswith("-"):  # `run -- --run-config ...`
+        connection, extra = None, [connection, *extra]
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    print(run_app(args.app, connection, extra))
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """``fedmeta deploy check``."""
+    from ..deploy.probe import check as probe
+
+    print(probe(args.superlink, args.root_certificates, args.insecure))
     return 0

@@ -8,7 +8,9 @@ returns once every SuperNode is online. Then ``flwr run . <connection>`` runs th
 it. ``down`` stops every process of the federation (SuperNodes, SuperLink and the
 SuperExec, ServerApp and ClientApp processes they spawned) and removes the connection.
 
-Everything lives in ``folder``: ``certs/``, ``keys/``, ``logs/`` (one log per process),
+Everything lives in ``folder`` (by default outside the source tree,
+``secrets.default_federation_dir()``; a folder created here is private and git-ignored):
+``certs/``, ``keys/``, ``logs/`` (one log per process),
 ``homes/`` (each process's ``FLWR_HOME``, where it unpacks the app) and
 ``federation.json`` (ports, process ids, connection).
 """
@@ -27,6 +29,7 @@ from ..errors import ConfigError, FedmetaError
 from . import processes
 from .flower_config import add_connection, create_config, remove_connection
 from .node_keys import make_node_key
+from .secrets import private_folder
 from .tls import TlsFiles, make_certificates
 
 HOST = "127.0.0.1"
@@ -105,8 +108,7 @@ def up(folder: str | Path, nodes: int, *, insecure: bool = False,
         raise ConfigError("--nodes", nodes, "a positive number of SuperNodes")
     if not connection or not all(c.isalnum() or c in "-_" for c in connection):
         raise ConfigError("--connection", connection, "a name of letters, digits, - and _")
-    folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(Path(folder).resolve())
     if processes.marked(folder):
         raise FedmetaError(f"a federation is already running in {folder}; stop it with "
                            f"`fedmeta deploy down --dir {folder}`")

@@ -8,27 +8,27 @@ NIST curves; these are P-384, as in Flower's documentation.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import ConfigError
+from .secrets import private_folder, write_private
 
 
 def make_node_key(private_path: str | Path) -> Path:
-    """Write a fresh key pair: ``private_path`` (mode 600) and ``private_path.pub``.
+    """Write a fresh key pair: ``private_path`` (created with mode 0600) and
+    ``private_path.pub``; a folder created for them is private (``secrets.private_folder``).
 
     Returns the public key's path.
     """
     private_path = Path(private_path)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(private_path.parent)
     key = ec.generate_private_key(ec.SECP384R1())
-    private_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()))
-    os.chmod(private_path, 0o600)
+    write_private(private_path, key.private_bytes(serialization.Encoding.PEM,
+                                                  serialization.PrivateFormat.OpenSSH,
+                                                  serialization.NoEncryption()))
     public_path = private_path.with_name(private_path.name + ".pub")
     public_path.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")

@@ -5,14 +5,14 @@
 ``hosts``: IP addresses or DNS names the SuperNodes and ``flwr`` will dial). SuperNodes and
 the ``flwr`` CLI trust the CA (``--root-certificates``, ``root-certificates``); the
 SuperLink serves the certificate (``--ssl-certfile``, ``--ssl-keyfile``,
-``--ssl-ca-certfile``). For production, use certificates from your own PKI instead.
+``--ssl-ca-certfile``). Keys are created with mode 0600 (``secrets.write_private``). For
+production, use certificates from your own PKI instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import ConfigError
+from .secrets import private_folder, write_private
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -63,10 +64,9 @@ def _subject_alt_names(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    os.chmod(path, 0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
 
 
 def make_certificates(folder: str | Path, hosts: Sequence[str] = LOCAL_HOSTS,
@@ -77,7 +77,7 @@ def make_certificates(folder: str | Path, hosts: Sequence[str] = LOCAL_HOSTS,
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ConfigError("--days", days, "a positive number of days")
     files = TlsFiles.in_folder(Path(folder))
-    files.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(files.ca_cert.parent)
     now = dt.datetime.now(dt.timezone.utc)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
