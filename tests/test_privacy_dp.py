@@ -505,3 +505,16 @@ def test_uneven_availability_is_accounted_device_by_device(tmp_path, sampling: s
     assert summary["epsilon_device_min"] == pytest.approx(min(got.values()))
     if sampling == "fixed":  # flaky devices are in fewer rounds: a real spread
         assert summary["epsilon_device_min"] < summary["epsilon"]
+
+
+def test_a_local_noise_target_assumes_a_reply_every_round_and_every_retry() -> None:
+    cfg = from_dict({"federation": {**FLEET, "rounds": 10, "max_retries": 2},
+                     "privacy": {"clipping": "fixed", "clip_on": "device", "noise": "local",
+                                 "noise_multiplier": 4.0, "target_epsilon": 8.0}})
+    learner = build_learner("maml", MLP(hidden=(3,)), inner_lr=0.1)
+    strategy = PrivateFedMeta(cfg, MetaTrainer(learner))
+    accountant = RDPAccountant()
+    accountant.history = [(2.0, 1.0, 3 * 3)]  # z / 2, q = 1, 3 attempts a round
+    assert strategy.planned_epsilon(3) == pytest.approx(accountant.get_epsilon(1e-5))
+    allowed = strategy.rounds_within_target(10)
+    assert strategy.planned_epsilon(allowed) <= 8.0 < strategy.planned_epsilon(allowed + 1)

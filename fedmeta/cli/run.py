@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("bytes_down", "bytes_up", "wall_s")}))
     if "privacy" in summary:
         p = summary["privacy"]
-        print(f"privacy: epsilon {p['epsilon']} at delta {p['delta']} (worst device; median "
-              f"device {p['epsilon_device_median']}), {p['sampling']} sampling, "
+        worst, median = (math.inf if v is None else v  # None: infinite (no noise)
+                         for v in (p["epsilon"], p["epsilon_device_median"]))
+        print(f"privacy: epsilon {worst:.4g} at delta {p['delta']:g} (worst device; median "
+              f"device {median:.4g}), {p['sampling']} sampling, "
               f"{p['adjacency']}, {p['accountant']}; guarantee: {p['epsilon_guarantee']}")
     print(f"outputs in {out}")
     return 0
