@@ -157,6 +157,9 @@ class PrivateFedMeta(FedMeta):
                                     for k in result.metrics[0] if k != NUM_EXAMPLES})
         status = "ok" if result.mean is not None else "skipped"
         self.status[server_round] = status
+        self.device_reports.add("left_out_of_secagg", f"round {server_round}",
+                                "replies missing from the SecAgg+ sum (a stage failed or "
+                                "timed out)", len(messages) - len(result.devices))
         self.report(Row(server_round, "train", len(result.devices),
                         len(messages) - len(result.devices),
                         int(sum(m[NUM_EXAMPLES] for m in result.metrics)),

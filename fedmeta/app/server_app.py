@@ -32,6 +32,7 @@ from ..results import Row, final_table, table
 from ..server_state import ServerState, rng_states, set_rng_states
 from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
+from .outcome import DeviceReports, outcome_error
 from .records import config_record, to_record
 from .privacy_wrap import make_strategy
 
@@ -43,12 +44,13 @@ RESULTS_CSV = "results.csv:"  # heads the tidy table in the log, as `fedmeta run
 
 
 def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
-                   state_path: Path | None = None, resume: ServerState | None = None
-                   ) -> Checkpoint:
+                   state_path: Path | None = None, resume: ServerState | None = None,
+                   reports: DeviceReports | None = None) -> Checkpoint:
     """Meta-train ``cfg``'s fleet over ``grid``; return the final meta-model.
 
     With ``state_path``, the server state is saved there after every round; with
-    ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only).
+    ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only);
+    ``reports`` collects the devices' rejected and missing replies (``outcome``).
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
@@ -93,6 +95,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         tasks.model_kwargs, sort_keys=True)})
     strategy = make_strategy(cfg, trainer, record)
     strategy.fleet = fleet
+    if reports is not None:
+        strategy.device_reports = reports
     strategy.start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
@@ -114,7 +118,11 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("round %d %s: %d devices, %s, %d B down, %d B up", row.round, row.source,
                     row.devices, row.brief(), row.bytes_down, row.bytes_up)
 
-    run_federation(grid, cfg, report)
+    reports = DeviceReports()
+    run_federation(grid, cfg, report, reports=reports)
     frame = table(rows)
     logger.info("%s on held-out devices:\n%s", cfg.federation.algorithm, final_table(frame))
     logger.info("%s\n%s", RESULTS_CSV, frame.to_csv(index=False, lineterminator="\n"))
+    failure = outcome_error(rows, reports)
+    if failure is not None:
+        raise failure

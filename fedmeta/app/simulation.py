@@ -33,6 +33,7 @@ from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app
 from .dispatch import message_pump
+from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
 from .server_app import run_federation
 
@@ -112,9 +113,11 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     state_path = Path(out) / STATE_FILE if out is not None else None
     server = ServerApp()
 
+    reports = DeviceReports()
+
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        finished.append(run_federation(grid, cfg, report, state_path, resume))
+        finished.append(run_federation(grid, cfg, report, state_path, resume, reports))
 
     start = time.perf_counter()
     try:
@@ -129,10 +132,13 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     if not finished:
         raise FedmetaError("the federated run did not finish; run it again with "
                            "verbose=True (--verbose) to see Flower's and Ray's logs")
+    failure = outcome_error(rows, reports)
     frame = table(rows)
     summary = {**summarize_run(frame, fed.algorithm, fed.rounds, wall_s),
                **privacy_summary(cfg, frame)}
-    if out is not None:
+    if out is not None:  # a failed run's too: its results.csv shows the faults of each round
         write_run(Path(out), frame, cfg, finished[0], summary)
+    if failure is not None:
+        raise failure
     frame.attrs.update(summary=summary, checkpoint=finished[0])
     return frame
