@@ -5,6 +5,7 @@ bit for bit, and its cost in bytes is in the results."""
 from __future__ import annotations
 
 import torch
+from flwr.app import Context, RecordDict
 
 from fedmeta.app import client_app
 from fedmeta.app.privacy_wrap import make_strategy
@@ -80,3 +81,27 @@ def test_secagg_with_device_clipping_and_central_noise_accounts_epsilon() -> Non
     frame = table(rows)
     eps = frame.loc[frame["source"] == "train", "epsilon"]
     assert eps.is_monotonic_increasing and 0 < eps.iloc[0] < eps.iloc[-1] < float("inf")
+
+
+class RenumberedGrid(LocalGrid):
+    """LocalGrid whose nodes have the ids ``ids`` (Ray draws them at random, of any width)."""
+
+    def __init__(self, app, ids: list[int]) -> None:
+        super().__init__(app, len(ids))
+        self.contexts = {new: Context(run_id=1, node_id=new, node_config=c.node_config,
+                                      state=RecordDict(), run_config={})
+                         for new, c in zip(ids, self.contexts.values())}
+
+
+def test_secagg_bytes_do_not_depend_on_the_node_ids_the_runtime_assigns() -> None:
+    """The key-sharing stage keys public keys by node id: ids of 2 and of 19 digits must
+    count the same bytes (the id is routing, not what fedmeta sends)."""
+    short = [11 + i for i in range(6)]
+    long = [9_100_000_000_000_000_000 + 7_919 * i for i in range(6)]
+    frames = []
+    for ids in (short, long):
+        rows: list = []
+        run_federation(RenumberedGrid(client_app.app, ids), config(rounds=1), rows.append)
+        frames.append(table(rows))
+    assert frames[0].to_csv() == frames[1].to_csv()
+    assert frames[0]["bytes_down"].sum() > 0

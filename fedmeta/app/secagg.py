@@ -138,8 +138,9 @@ class _Workflow(SecAggPlusWorkflow):
 class _CountingGrid:
     """A Grid that counts the bytes of every record it carries each way."""
 
-    def __init__(self, grid: object) -> None:
+    def __init__(self, grid: object, nodes: list[int]) -> None:
         self.grid, self.down, self.up = grid, 0, 0
+        self.node_keys = {str(n) for n in nodes}  # the key-sharing stage keys by node id
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001 (Grid's signature)
         # Each device its own copy, as over a wire: the workflow sends one RecordDict to all
@@ -147,16 +148,18 @@ class _CountingGrid:
         messages = [Message(copy.deepcopy(m.content), dst_node_id=m.metadata.dst_node_id,
                             message_type=m.metadata.message_type, group_id=m.metadata.group_id)
                     for m in messages]
-        self.down += sum(_bytes(m.content) for m in messages)
+        self.down += sum(_bytes(m.content, self.node_keys) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.up += sum(_bytes(r.content) for r in replies if r.has_content())
+        self.up += sum(_bytes(r.content, self.node_keys) for r in replies if r.has_content())
         return replies
 
 
-def _bytes(content: RecordDict) -> int:
+def _bytes(content: RecordDict, node_keys: set[str] = frozenset()) -> int:
     """Flower's ``count_bytes`` of arrays and metrics; config values counted as it does
     (8 B a number, 1 B a bool, the length of str/bytes, plus keys), but without failing on
-    an empty string as ``ConfigRecord.count_bytes`` does."""
+    an empty string as ``ConfigRecord.count_bytes`` does. A key that is a node id (in
+    ``node_keys``) counts 8 B, as the id does as a number: the count must not depend on
+    the digits of the ids the runtime happened to assign."""
     def value(v: object) -> int:
         if isinstance(v, list):
             return sum(value(x) for x in v)
@@ -166,8 +169,8 @@ def _bytes(content: RecordDict) -> int:
 
     return (sum(r.count_bytes() for r in content.array_records.values())
             + sum(r.count_bytes() for r in content.metric_records.values())
-            + sum(len(k) + value(v) for r in content.config_records.values()
-                  for k, v in r.items()))
+            + sum((8 if k in node_keys else len(k)) + value(v)
+                  for r in content.config_records.values() for k, v in r.items()))
 
 
 def secure_mean(grid: object, messages: list[Message], privacy: PrivacyConfig,
@@ -175,7 +178,7 @@ def secure_mean(grid: object, messages: list[Message], privacy: PrivacyConfig,
     """Run one SecAgg+ round over ``messages`` (FedMeta's train messages, one per device)."""
     content = {m.metadata.dst_node_id: m.content for m in messages}
     first = messages[0].content[ARRAYS]
-    strategy, counting = _OneRound(grid, list(content)), _CountingGrid(grid)
+    strategy, counting = _OneRound(grid, list(content)), _CountingGrid(grid, list(content))
     server_round = int(messages[0].content[CONFIG][ROUND])
     state = RecordDict({MAIN_PARAMS_RECORD: first,
                         MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round})})

@@ -43,6 +43,14 @@ app = ServerApp()
 RESULTS_CSV = "results.csv:"  # heads the tidy table in the log, as `fedmeta run` writes it
 
 
+def check_resumable(cfg: Config) -> None:
+    """Refuse to resume a private run (before Ray starts, where ``simulate`` calls it)."""
+    if cfg.privacy.enabled:
+        raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
+                          "state is not checkpointed, so its epsilon would be wrong; start "
+                          "the run again")
+
+
 def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
                    state_path: Path | None = None, resume: ServerState | None = None,
                    reports: DeviceReports | None = None) -> Checkpoint:
@@ -63,11 +71,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
     rows: list[Row] = []
-    if resume is not None and cfg.privacy.enabled:
-        raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
-                          "state is not checkpointed, so its epsilon would be wrong; start "
-                          "the run again")
     if resume is not None:
+        check_resumable(cfg)
         with torch.no_grad():
             for name, value in trainer.params.items():
                 value.copy_(resume.params[name])
