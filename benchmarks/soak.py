@@ -118,18 +118,19 @@ class Watch:
         self._thread.join(timeout=30)
 
 
-def fedmeta_run(*args: str) -> subprocess.Popen:
+def fedmeta_run(log: Path, *args: str) -> subprocess.Popen:
+    """``fedmeta run`` in its own process group, its output to ``log`` (a pipe left unread
+    while we wait would fill with the warnings of dropped replies and stall the run)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fedmeta", "run", "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env)
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "fedmeta", "run", "--no-progress",
+                                 *args], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
 
 
-def finish(proc: subprocess.Popen, what: str) -> str:
-    out, _ = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"{what} exited {proc.returncode}:\n{out[-3000:]}")
-    return out
+def finish(proc: subprocess.Popen, log: Path, what: str) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"{what} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
 
 
 def soak(devices: int, rounds: int, kill_at: int, folder: Path) -> dict[str, Any]:
@@ -138,14 +139,18 @@ def soak(devices: int, rounds: int, kill_at: int, folder: Path) -> dict[str, Any
     config.write_text(config_toml(devices, rounds))
     a, b = folder / "a", folder / "b"
     start = time.monotonic()
-    straight = fedmeta_run("--config", str(config), "--out", str(a))
+    straight = fedmeta_run(folder / "a.log", "--config", str(config), "--out", str(a))
     watch = Watch(straight, a / STATE_FILE)
-    finish(straight, "the uninterrupted run")
+    finish(straight, folder / "a.log", "the uninterrupted run")
     watch.join()
     wall_a = time.monotonic() - start
+    (folder / "a_memory.json").write_text(json.dumps({  # kept, should B not finish
+        "wall_s": wall_a, "samples": watch.samples,
+        "rss_tree_mb_round_20": watch.rss_during(20, 24),
+        "rss_tree_mb_last_rounds": watch.rss_during(rounds - 5, rounds)}))
 
     start = time.monotonic()
-    killed = fedmeta_run("--config", str(config), "--out", str(b))
+    killed = fedmeta_run(folder / "b.log", "--config", str(config), "--out", str(b))
     try:
         while saved_round(b / STATE_FILE) < kill_at:
             if killed.poll() is not None:
@@ -157,10 +162,8 @@ def soak(devices: int, rounds: int, kill_at: int, folder: Path) -> dict[str, Any
             os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
     killed_after = saved_round(b / STATE_FILE)
-    resumed = fedmeta_run("--resume", str(b))
-    resumed_watch = Watch(resumed, b / STATE_FILE)
-    finish(resumed, "the resumed run")
-    resumed_watch.join()
+    resumed = fedmeta_run(folder / "b.log", "--resume", str(b))
+    finish(resumed, folder / "b.log", "the resumed run")
     wall_b = time.monotonic() - start
 
     same_csv = (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
@@ -186,10 +189,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--kill-at", type=int, default=None, help="default: rounds // 2")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in this folder and keep it (logs, both runs' outputs)")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="fedmeta-soak-") as tmp:
-        result = soak(args.devices, args.rounds, args.kill_at or args.rounds // 2, Path(tmp))
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = soak(args.devices, args.rounds, args.kill_at or args.rounds // 2, folder)
     result.update(started=started, cpu=cpu_name(), cores=os.cpu_count(),
                   load_at_end=os.getloadavg(),
                   command=" ".join(["python", "benchmarks/soak.py", *sys.argv[1:]]))
