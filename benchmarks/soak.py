@@ -8,8 +8,8 @@ the CLI, Ray and its workers) when its saved state reaches ``--kill-at`` and res
 ``fedmeta run --resume``. Checked: both finish, B's ``results.csv`` equals A's byte for
 byte and their final meta-parameters are equal, and the memory of A's process tree (the CLI
 with Ray's GCS, raylet and workers; RSS summed, sampled every second) grows by at most 10%
-from round 20 to the last round (median of the samples taken while each of the rounds
-[20, 25) and [R - 5, R] was running). Results: ``benchmarks/results/soak.json``.
+from round 20 to the last round (median of the samples taken while rounds 20-24 and
+rounds R-4..R were running, not while Ray shuts down after the last). Results: ``benchmarks/results/soak.json``.
 
     nice python benchmarks/soak.py [--devices 1000] [--rounds 200] [--kill-at 100]
 """
@@ -146,8 +146,8 @@ def soak(devices: int, rounds: int, kill_at: int, folder: Path) -> dict[str, Any
     wall_a = time.monotonic() - start
     (folder / "a_memory.json").write_text(json.dumps({  # kept, should B not finish
         "wall_s": wall_a, "samples": watch.samples,
-        "rss_tree_mb_round_20": watch.rss_during(20, 24),
-        "rss_tree_mb_last_rounds": watch.rss_during(rounds - 5, rounds)}))
+        "rss_tree_mb_round_20": watch.rss_during(19, 23),
+        "rss_tree_mb_last_rounds": watch.rss_during(rounds - 5, rounds - 1)}))
 
     start = time.monotonic()
     killed = fedmeta_run(folder / "b.log", "--config", str(config), "--out", str(b))
@@ -169,7 +169,7 @@ def soak(devices: int, rounds: int, kill_at: int, folder: Path) -> dict[str, Any
     same_csv = (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
     pa, pb = (Checkpoint.load(d / "checkpoint.pt").params for d in (a, b))
     same_params = all(torch.equal(pa[k], pb[k]) for k in pa)
-    early, late = watch.rss_during(20, 24), watch.rss_during(rounds - 5, rounds)
+    early, late = watch.rss_during(19, 23), watch.rss_during(rounds - 5, rounds - 1)
     times = [t for t, r, _ in watch.samples]
     return {"devices": devices, "rounds": rounds, "kill_at": kill_at,
             "killed_after_round": killed_after, "same_results_csv": same_csv,
