@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -320,9 +321,35 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     raise TypeError(f"no coercion for {kind}")  # a field type this module forgot
 
 
+# Upper bounds (docs/reliability.md): far above any useful run, below what would exhaust
+# memory or run for ever. ``_check_resources`` then refuses what fits them but not this machine.
+MAXIMA: dict[str, int | float] = {
+    "task.k_shot": 10_000, "task.q_query": 10_000, "task.n_way": 1_000,
+    "task.test_alphabets": 1_000, "task.device_classes": 100_000,
+    "meta.inner_steps": 1_000, "meta.eval_steps": 1_000,
+    "train.meta_batch": 10_000, "train.iterations": 10_000_000,
+    "train.eval_episodes": 1_000_000, "train.seed": 2**32 - 1,
+    "federation.num_devices": 10_000, "federation.rounds": 1_000_000,
+    "federation.meta_batch": 10_000, "federation.local_steps": 1_000,
+    "federation.eval_every": 1_000_000, "federation.eval_episodes": 100_000,
+    "federation.max_retries": 100, "federation.round_timeout": 7 * 24 * 3600.0,
+    "federation.krum_malicious": 10_000, "federation.krum_select": 10_000,
+    "faults.hang_extra_s": 24 * 3600.0, "faults.byzantine_factor": 1e6,
+    "simulation.num_cpus": 1_024, "simulation.num_gpus": 64, "simulation.ray_cpus": 4_096,
+    "privacy.secagg_shares": 10_000, "fleet.deadline_s": 1e9,
+}
+MEMORY_SHARE = 0.5  # of this machine's memory, the most one episode's estimate may take
+# Activation floats one sample keeps per forward pass (a rough upper estimate): the MLP's
+# 1-40-40-1 with ReLUs; Conv4's 64 channels x (conv, norm, ReLU) over 28, 14, 7 and 3 pixels.
+ACTIVATIONS = {"sinusoid": 4 * 40 + 2, "omniglot": 3 * 64 * (28**2 + 14**2 + 7**2 + 3**2)}
+
+
 def _check(cfg: Config) -> None:
     """Cross-field and range checks; the first failure raises ``ConfigError``."""
+    _check_maxima(cfg)
     t, m, tr = cfg.task, cfg.meta, cfg.train
+    if tr.seed < 0:
+        raise ConfigError("train.seed", tr.seed, f"an integer in [0, {MAXIMA['train.seed']}]")
     choices = {"task.kind": (t.kind, TASK_KINDS), "task.partition": (t.partition, PARTITIONS),
                "meta.algorithm": (m.algorithm, ALGORITHMS),
                "train.meta_optimizer": (tr.meta_optimizer, OPTIMIZERS)}
@@ -332,7 +359,8 @@ def _check(cfg: Config) -> None:
     positive_ints = {"task.k_shot": t.k_shot, "task.q_query": t.q_query,
                      "task.n_way": t.n_way, "meta.inner_steps": m.inner_steps,
                      "meta.eval_steps": m.eval_steps, "train.meta_batch": tr.meta_batch,
-                     "train.iterations": tr.iterations, "train.eval_episodes": tr.eval_episodes}
+                     "train.iterations": tr.iterations, "train.eval_episodes": tr.eval_episodes,
+                     "task.device_classes": t.device_classes}
     for name, value in positive_ints.items():
         if value < 1:
             raise ConfigError(name, value, "an integer >= 1")
@@ -365,6 +393,53 @@ def _check(cfg: Config) -> None:
     _check_simulation(cfg.simulation)
     _check_privacy(cfg.privacy, cfg.federation)
     _check_fleet(cfg)
+    _check_resources(cfg)
+
+
+def _check_maxima(cfg: Config) -> None:
+    """Every field of ``MAXIMA`` at most its bound (``None``, an algorithm default, passes)."""
+    for name, high in MAXIMA.items():
+        section, _, key = name.partition(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and value > high:
+            shown = f"{high:,}" if isinstance(high, int) else f"{high:g}"
+            raise ConfigError(name, value, f"at most {shown} (docs/reliability.md, Bounds)")
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or ``None`` where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def episode_bytes(cfg: Config) -> int:
+    """A rough estimate of the memory one episode's adaptation needs on a device: its
+    samples (``n_way * (k_shot + q_query)`` images, or ``k_shot + q_query`` points) times
+    the activations each keeps, kept for every inner step and the outer one (MAML's graph)."""
+    t = cfg.task
+    samples = (t.k_shot + t.q_query) * (t.n_way if t.kind == "omniglot" else 1)
+    return 4 * samples * ACTIVATIONS[t.kind] * (cfg.meta.inner_steps + 1)
+
+
+def _check_resources(cfg: Config) -> None:
+    """Refuse a config whose single episode cannot fit this machine's memory."""
+    total, need = memory_bytes(), episode_bytes(cfg)
+    if total is None or need <= MEMORY_SHARE * total:
+        return
+    t, m = cfg.task, cfg.meta
+    fields = ("task.n_way, " if t.kind == "omniglot" else "") + \
+        "task.k_shot, task.q_query, meta.inner_steps"
+    values = {"n_way": t.n_way, "k_shot": t.k_shot, "q_query": t.q_query,
+              "inner_steps": m.inner_steps}
+    if t.kind != "omniglot":
+        del values["n_way"]
+    raise ConfigError(fields, values,
+                      f"an episode that fits this machine: one needs about "
+                      f"{need / 2**30:,.1f} GiB of activations, more than "
+                      f"{MEMORY_SHARE:.0%} of its {total / 2**30:,.1f} GiB of memory; "
+                      f"lower them")
 
 
 def _check_federation(f: FederationConfig) -> None:
@@ -518,26 +593,26 @@ def _check_privacy(p: PrivacyConfig, f: FederationConfig) -> None:
                           "\"device\" with secure aggregation (the server never sees a "
                           "single update, so it cannot clip one)")
     _check_private_accounting(p, f)
-    if p.secure_aggregation:
-        n = f.train_per_round
-        if f.aggregation != "mean":
-            raise ConfigError("federation.aggregation", f.aggregation,
-                              "\"mean\" with privacy.secure_aggregation = true (SecAgg+ "
-                              "reveals only the sum of the updates, on which no robust rule "
-                              "can run)")
-        if n < 2:
-            raise ConfigError("federation.min_train_devices", f.min_train_devices,
-                              "at least 2 devices per round under secure aggregation")
-        if p.secagg_shares < 3:
-            raise ConfigError("privacy.secagg_shares", p.secagg_shares,
-                              "an integer >= 3 (SecAgg+ neighbours, the device included)")
-        if not 2 <= p.secagg_threshold < p.secagg_shares or p.secagg_threshold > n:
-            raise ConfigError("privacy.secagg_threshold", p.secagg_threshold,
-                              f"an integer in [2, secagg_shares={p.secagg_shares}) and at "
-                              f"most the {n} devices per round")
-        if not 2 <= p.secagg_quantization_range < 2 ** 32:
-            raise ConfigError("privacy.secagg_quantization_range",
-                              p.secagg_quantization_range, "an integer in [2, 2**32)")
+    if p.secure_aggregation and f.aggregation != "mean":
+        raise ConfigError("federation.aggregation", f.aggregation,
+                          "\"mean\" with privacy.secure_aggregation = true (SecAgg+ "
+                          "reveals only the sum of the updates, on which no robust rule "
+                          "can run)")
+    if p.secure_aggregation and f.train_per_round < 2:
+        raise ConfigError("federation.min_train_devices", f.min_train_devices,
+                          "at least 2 devices per round under secure aggregation")
+    if p.secagg_shares < 3:  # checked on or off, so a config switched on later is sound
+        raise ConfigError("privacy.secagg_shares", p.secagg_shares,
+                          "an integer >= 3 (SecAgg+ neighbours, the device included)")
+    if not 2 <= p.secagg_quantization_range < 2 ** 32:
+        raise ConfigError("privacy.secagg_quantization_range",
+                          p.secagg_quantization_range, "an integer in [2, 2**32)")
+    n = f.train_per_round if p.secure_aggregation else p.secagg_threshold
+    if not 2 <= p.secagg_threshold < p.secagg_shares or p.secagg_threshold > n:
+        raise ConfigError("privacy.secagg_threshold", p.secagg_threshold,
+                          f"an integer in [2, secagg_shares={p.secagg_shares})"
+                          + (f" and at most the {n} devices per round"
+                             if p.secure_aggregation else ""))
 
 
 def _check_private_accounting(p: PrivacyConfig, f: FederationConfig) -> None:

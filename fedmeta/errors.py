@@ -4,6 +4,8 @@
 class FedmetaError(Exception):
     """Base of every error fedmeta reports to its user as a message, not a traceback."""
 
+    exit_code = 2  # of ``fedmeta``: bad input (config, data, folders)
+
 
 class ConfigError(FedmetaError, ValueError):
     """A configuration field has a value outside what it allows."""
@@ -24,3 +26,10 @@ def _shown(value: object) -> str:
 
 class DataError(FedmetaError):
     """A data file or folder is missing, corrupt, or cannot give what was asked of it."""
+
+
+class RunFailed(FedmetaError):
+    """A federated run ended without a training round that stepped the server, or without
+    a held-out score of its final meta-model; the message says what the devices reported."""
+
+    exit_code = 3

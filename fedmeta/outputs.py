@@ -10,7 +10,7 @@ import pandas as pd
 
 from .checkpoint import Checkpoint
 from .config import Config
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .plots import plot_run
 
 FILES = ("results.csv", "summary.json", "config.json", "checkpoint.pt", "quality.png",
@@ -38,4 +38,29 @@ def write_run(out: Path, frame: pd.DataFrame, cfg: Config, checkpoint: Checkpoin
                  f"devices")
     except OSError as exc:
         raise DataError(f"{out}: cannot write the run's outputs ({exc.strerror or exc})") \
+            from exc
+
+
+def run_files(out: Path) -> list[str]:
+    """The ``FILES`` of a run that ``out`` already holds."""
+    return [name for name in FILES if (out / name).exists()]
+
+
+def claim(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready for a fresh run: refuse a folder holding another run's files
+    unless ``overwrite``, which deletes them (only those: ``FILES``) first."""
+    held = run_files(out)
+    if not held:
+        return
+    if not overwrite:
+        raise ConfigError("--out", str(out),
+                          f"a folder without a run in it (it holds {', '.join(held)}): "
+                          f"continue that run with --resume {out}, write to another folder, "
+                          f"or replace it with --overwrite (fedmeta.simulate: resume=, "
+                          f"overwrite=True)")
+    try:
+        for name in held:
+            (out / name).unlink()
+    except OSError as exc:
+        raise DataError(f"{out}: cannot remove the old run's files ({exc.strerror or exc})") \
             from exc

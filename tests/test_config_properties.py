@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fedmeta.cli
-from fedmeta.config import Config, from_dict, load
+from fedmeta.config import MAXIMA, Config, from_dict, load
 from fedmeta.errors import ConfigError
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
@@ -24,7 +24,10 @@ FIELDS = {f"{s}.{k}": kind for s, cls in SECTIONS.items() for k, kind in
 PROPERTY = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
+HUGE = [10**9, 10**12, 2**63 - 1, 1e9, 1e12, 1e300]  # beyond every bound, within 64 bits
+NEGATIVE = [-1, -10**9, -2**63, -1e12]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.just(10**400),
+                    st.sampled_from(HUGE + NEGATIVE),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
                     st.sampled_from(["auto", "nan", "inf", "-1", "0", "1e400", "true", "1,2",
                                      "mean", "retry", "sign-flip", " 3 "]))
@@ -133,6 +136,10 @@ OUT_OF_RANGE = {  # field -> values outside what it allows, with everything else
     "faults.byzantine_factor": st.floats(max_value=0.0) | st.just(math.inf),
     "faults.hang_extra_s": st.floats(max_value=-1e-9) | st.just(math.nan),
     "simulation.num_cpus": st.floats(max_value=0.0),
+    "train.seed": st.integers(max_value=-1),
+    "task.device_classes": st.integers(max_value=0),
+    "privacy.secagg_shares": st.integers(max_value=2),
+    "privacy.secagg_quantization_range": st.integers(max_value=1),
     "simulation.dispatch": st.text(max_size=8),
 }
 
@@ -151,6 +158,96 @@ def test_a_value_out_of_range_names_its_field(data: st.DataObject) -> None:
     with pytest.raises(ConfigError) as caught:
         from_dict(nested({name: value}))
     assert caught.value.field == name, one_line(caught.value)
+
+
+NUMERIC = sorted(name for name, kind in FIELDS.items()
+                 if kind in (int, float, int | None, float | None))
+
+
+@PROPERTY
+@given(st.data())
+def test_huge_or_negative_numbers_in_any_field_give_a_config_or_name_a_field(
+        data: st.DataObject) -> None:
+    """Every numeric field, alone at a huge or negative value: a valid config (learning rates
+    and norms may be large) or one line naming that field, or, for a value valid alone but
+    not with the defaults around it, the field it conflicts with."""
+    name = data.draw(st.sampled_from(NUMERIC))
+    kind = FIELDS[name]
+    value = data.draw(st.sampled_from(HUGE + NEGATIVE) | st.integers(min_value=-2**63,
+                                                                        max_value=2**63 - 1))
+    if kind in (int, int | None):
+        value = int(value) if abs(value) < 2**63 else 2**63 - 1
+    try:
+        from_dict(nested({name: value}))
+    except ConfigError as error:
+        one_line(error)
+        named = error.field.split(", ")
+        assert name in named or (name, error.field) in CONFLICTS, one_line(error)
+
+
+CONFLICTS = {("privacy.noise_multiplier", "privacy.noise"), ("fleet.deadline_s", "fleet.tiers"),
+             ("federation.num_devices", "federation.num_held_out"),
+             ("federation.num_held_out", "federation.min_train_devices"),
+             ("privacy.secagg_shares", "privacy.secagg_threshold")}
+
+
+@pytest.mark.parametrize("name", sorted(MAXIMA))
+def test_a_value_above_its_bound_names_the_field_and_the_bound(name: str) -> None:
+    high = MAXIMA[name]
+    for value in (high + 1 if isinstance(high, int) else high * 1.5, 10**9 * high):
+        with pytest.raises(ConfigError, match=rf"^{name}=.* expected at most ") as caught:
+            from_dict(nested({name: value}))
+        assert caught.value.field == name
+
+
+@pytest.mark.parametrize("seed", [-1, -2**63, 2**32])
+def test_a_seed_outside_32_bits_is_refused_before_ray_starts(
+        seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = fedmeta.cli.main(["run", "--set", f"train.seed={seed}", "--out",
+                             str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"train.seed={seed} is not allowed" in err
+    assert not (tmp_path / "out").exists()
+    assert from_dict({"train": {"seed": 2**32 - 1}}).train.seed == 2**32 - 1
+
+
+def test_an_episode_that_cannot_fit_this_machine_is_refused_naming_its_fields() -> None:
+    """Within every bound, but one Omniglot episode of 1000 ways x 2000 images needs terabytes
+    of activations (the estimate written out here: 4 B x images x activations x 2 steps)."""
+    from fedmeta.config import ACTIVATIONS, memory_bytes
+    total = memory_bytes()
+    if total is None:
+        pytest.skip("this OS does not say how much memory it has")
+    need = 4 * 1000 * 2000 * ACTIVATIONS["omniglot"] * 2
+    assert need > total  # the case is constructed to exceed any machine this runs on
+    with pytest.raises(ConfigError, match="an episode that fits this machine") as caught:
+        from_dict({"task": {"kind": "omniglot", "n_way": 1000, "k_shot": 1000,
+                            "q_query": 1000}})
+    assert caught.value.field == "task.n_way, task.k_shot, task.q_query, meta.inner_steps"
+    assert f"{need / 2**30:,.1f} GiB" in str(caught.value)
+    from_dict({"task": {"kind": "omniglot", "n_way": 20, "k_shot": 5, "q_query": 15}})
+
+
+def test_a_zip_with_too_few_alphabets_names_the_field_and_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+    import io
+    png = io.BytesIO()
+    Image.new("L", (105, 105), 255).save(png, format="PNG")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "images_background.zip", "w") as archive:
+        for c in range(1, 6):
+            for d in range(1, 21):
+                archive.writestr(f"images_background/Greek/character{c:02d}/"
+                                 f"{c:04d}_{d:02d}.png", png.getvalue())
+    code = fedmeta.cli.main(["run", "--set", "task.kind=omniglot", "--set",
+                             f"task.data_dir={folder}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "task.test_alphabets=2 is not allowed" in err
+    assert str(folder / "images_background.zip") in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_numbers_too_large_for_a_float_or_for_printing_are_config_errors() -> None:

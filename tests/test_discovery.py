@@ -191,7 +191,7 @@ def test_a_refused_run_is_one_error_line_and_a_failed_serverapp(
         caplog: pytest.LogCaptureFixture) -> None:
     grid = LocalGrid(client_app.app, 2)
     with caplog.at_level(logging.INFO, logger="flwr"):
-        with pytest.raises(server_app.RunFailed) as caught:
+        with pytest.raises(server_app.ServerAppFailed) as caught:
             server_app.main(grid, context(run_config(federation__num_devices=20)))
         # what Flower then logs (flwr/superlink/runtime/run_serverapp.py), and its exit code
         logging.getLogger("flwr").error("ServerApp raised an exception", exc_info=caught.value)
@@ -207,7 +207,7 @@ def test_a_refused_run_is_one_error_line_and_a_failed_serverapp(
 def test_a_bad_run_config_fails_before_any_device_is_asked(
         caplog: pytest.LogCaptureFixture) -> None:
     grid = LocalGrid(client_app.app, 2)
-    with pytest.raises(server_app.RunFailed, match="federation.discovery_timeout=0"):
+    with pytest.raises(server_app.ServerAppFailed, match="federation.discovery_timeout=0"):
         server_app.main(grid, context(run_config(federation__discovery_timeout=0.0)))
     assert grid.sent == []
 

@@ -236,3 +236,17 @@ def test_a_fleet_with_30_percent_crashing_or_hanging_and_10_percent_nan_still_le
     assert any(torch.isnan(v).any() for v in params.values())
     assert math.isnan(poisoned.query("source == 'eval'")["post_loss"].iloc[-1])
     assert np.isfinite(final["faulty"]).all()
+
+
+def test_a_dropped_reply_is_warned_once_on_stderr() -> None:
+    """Importing Opacus (the privacy accountant) once gave the root logger a handler of its
+    own, so each warning of a malformed reply, propagated from Flower's logger, came twice."""
+    import subprocess
+    import sys
+    code = ("import logging, fedmeta.app.simulation\n"
+            "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
+            "logging.getLogger('flwr.fedmeta').warning('round 1: dropped the reply of X')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.stdout + done.stderr).count("dropped the reply of X") == 1

@@ -132,3 +132,23 @@ def test_flwr_run_runs_the_app_on_a_local_simulation(tmp_path: Path) -> None:
     for line in ("round 3 train: 2 devices", "round 3 eval: 1 devices"):
         assert line in out
     assert "CONFIGURATION MIGRATION" not in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.slow  # two Ray runs: about 2 minutes on a loaded 2-core host
+def test_two_ray_runs_of_one_config_write_the_same_results_whichever_node_ids(
+        tmp_path: Path) -> None:
+    """Under SecAgg+ messages carry node ids (public keys keyed by them); Ray draws fresh
+    random ids each run, and the bytes counted must not change with them."""
+    import fedmeta
+
+    config = {"train": {"seed": 5}, "meta": {"eval_steps": 1},
+              "federation": {"num_devices": 4, "num_held_out": 1, "rounds": 2,
+                             "fraction_train": 1.0, "min_train_devices": 3, "eval_every": 2,
+                             "meta_batch": 2, "eval_episodes": 2},
+              "privacy": {"secure_aggregation": True},
+              "simulation": {"num_cpus": 1, "ray_cpus": 2}}
+    for name in ("a", "b"):
+        fedmeta.simulate(config, tmp_path / name, progress=False)
+    first, second = ((tmp_path / n / "results.csv").read_bytes() for n in ("a", "b"))
+    assert first == second
+    assert pd.read_csv(tmp_path / "a" / "results.csv")["bytes_down"].sum() > 0

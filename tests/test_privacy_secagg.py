@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 import torch
-from flwr.app import Error, Message, MessageType
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
@@ -303,3 +303,25 @@ def test_rules_that_need_single_updates_are_refused_with_secure_aggregation(rule
     assert caught.value.field == "federation.aggregation"
     assert "secure_aggregation" in str(caught.value)
     config()  # the mean is fine
+class RenumberedGrid(LocalGrid):
+    """LocalGrid whose nodes have the ids ``ids`` (Ray draws them at random, of any width)."""
+
+    def __init__(self, app, ids: list[int]) -> None:
+        super().__init__(app, len(ids))
+        self.contexts = {new: Context(run_id=1, node_id=new, node_config=c.node_config,
+                                      state=RecordDict(), run_config={})
+                         for new, c in zip(ids, self.contexts.values())}
+
+
+def test_secagg_bytes_do_not_depend_on_the_node_ids_the_runtime_assigns() -> None:
+    """The key-sharing stage keys public keys by node id: ids of 2 and of 19 digits must
+    count the same bytes (the id is routing, not what fedmeta sends)."""
+    short = [11 + i for i in range(6)]
+    long = [9_100_000_000_000_000_000 + 7_919 * i for i in range(6)]
+    frames = []
+    for ids in (short, long):
+        rows: list = []
+        run_federation(RenumberedGrid(client_app.app, ids), config(rounds=1), rows.append)
+        frames.append(table(rows))
+    assert frames[0].to_csv() == frames[1].to_csv()
+    assert frames[0]["bytes_down"].sum() > 0

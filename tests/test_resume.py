@@ -156,3 +156,77 @@ def test_fedmeta_run_killed_with_sigkill_mid_round_resumes_to_the_same_end(
     assert all(torch.equal(a[k], b[k]) for k in a)
     frame = pd.read_csv(whole / "results.csv")
     assert frame["round"].max() == 8 and frame["crashed"].sum() > 0
+
+
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a run would start Flower's simulation (and Ray)."""
+    import fedmeta.app.simulation as simulation
+
+    def started(*args, **kwargs) -> None:
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(simulation, "run_simulation", started)
+
+
+def _finished_run(folder: Path) -> None:
+    """A finished run's folder: every round's state saved, outputs written."""
+    cfg = from_dict({**CONFIG, "federation": {**CONFIG["federation"], "rounds": 2}})
+    run_federation(LocalGrid(client_app.app, 6), cfg, lambda row: None,
+                   state_path=folder / STATE_FILE)
+    (folder / "summary.json").write_text('{"wall_s": 1.0}\n')
+    (folder / "results.csv").write_text("round\n")
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_before_ray_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_ray(monkeypatch)
+    _finished_run(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for folder in (tmp_path, tmp_path / "killed"):
+        if folder.name == "killed":  # a killed run: only its server state
+            folder.mkdir()
+            (folder / STATE_FILE).write_bytes((tmp_path / STATE_FILE).read_bytes())
+        assert fedmeta.cli.main(["run", "--out", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out='{folder}' is not allowed" in err
+        assert f"--resume {folder}" in err and "--overwrite" in err and STATE_FILE in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert fedmeta.cli.main(["run", "--resume", str(tmp_path), "--overwrite"]) == 2
+    assert "--overwrite='given with --resume'" in capsys.readouterr().err
+
+
+def test_overwrite_deletes_only_the_old_runs_files(tmp_path: Path) -> None:
+    from fedmeta.outputs import FILES, claim
+    _finished_run(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    claim(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert not set(FILES) & {p.name for p in tmp_path.iterdir()}
+    claim(tmp_path, overwrite=False)  # nothing of a run left: a fresh run may go there
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_ray(monkeypatch)
+    _finished_run(tmp_path)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert fedmeta.cli.main(["run", "--resume", str(tmp_path)]) == 0
+    assert f"{tmp_path}: this run is finished (all 2 rounds" in capsys.readouterr().out
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in tmp_path.iterdir()} == before
+
+
+def test_a_private_run_is_refused_resume_before_ray_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_ray(monkeypatch)
+    private = from_dict({**CONFIG, "privacy": {"clipping": "fixed"}})
+    ServerState(1, private.to_dict(), {"w": torch.zeros(1)}, {}, rng_states(), []).save(
+        tmp_path / STATE_FILE)
+    assert fedmeta.cli.main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "privacy='on' is not allowed: expected off for --resume" \
+        in err
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]

@@ -243,6 +243,13 @@ class PrivateFedMeta(FedMeta):
                            result.failure or "too few devices", status)
         self.status[server_round] = status
         summed = len(result.devices) if mean is not None else 0
+        for node, kind in result.lost.items():
+            self.device_reports.add(kind, f"round {server_round}, device "
+                                    f"{self.partitions.get(node, '?')} (SecAgg+)",
+                                    "lost during the SecAgg+ protocol")
+        if mean is None:
+            self.device_reports.add("secagg_round_failed", f"round {server_round}",
+                                    result.failure or "too few devices in the SecAgg+ sum")
         self.report(Row(server_round, "train", summed, len(messages) - summed,
                         int(sum(m[NUM_EXAMPLES] for m in result.metrics)) if summed else 0,
                         dict(metrics or {}), result.bytes_down, result.bytes_up,

@@ -236,8 +236,10 @@ class _WatchingGrid:
     device was lost at which stage and why, and drops masked vectors that are not arrays
     of the expected shapes in ``[0, MODULUS)`` before Flower sums them."""
 
-    def __init__(self, grid: object, shapes: list[tuple[int, ...]]) -> None:
+    def __init__(self, grid: object, shapes: list[tuple[int, ...]], nodes: list[int]
+                 ) -> None:
         self.grid, self.down, self.up = grid, 0, 0
+        self.node_keys = {str(n) for n in nodes}  # the key-sharing stage keys by node id
         self.shapes = [(1,), *shapes]  # SecAgg+ prepends the quantised weight
         self.lost: dict[int, tuple[str, str]] = {}  # node -> (kind, stage)
 
@@ -247,11 +249,11 @@ class _WatchingGrid:
         messages = [Message(copy.deepcopy(m.content), dst_node_id=m.metadata.dst_node_id,
                             message_type=m.metadata.message_type, group_id=m.metadata.group_id)
                     for m in messages]
-        self.down += sum(_bytes(m.content) for m in messages)
+        self.down += sum(_bytes(m.content, self.node_keys) for m in messages)
         stage = str(messages[0].content[RECORD_KEY_CONFIGS][SecAggKey.STAGE]) \
             if messages else ""
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self.up += sum(_bytes(r.content) for r in replies if r.has_content())
+        self.up += sum(_bytes(r.content, self.node_keys) for r in replies if r.has_content())
         kept = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -288,10 +290,12 @@ class _WatchingGrid:
         self.lost.setdefault(node, (kind, stage))
 
 
-def _bytes(content: RecordDict) -> int:
+def _bytes(content: RecordDict, node_keys: set[str] = frozenset()) -> int:
     """Flower's ``count_bytes`` of arrays and metrics; config values counted as it does
     (8 B a number, 1 B a bool, the length of str/bytes, plus keys), but without failing on
-    an empty string as ``ConfigRecord.count_bytes`` does."""
+    an empty string as ``ConfigRecord.count_bytes`` does. A key that is a node id (in
+    ``node_keys``) counts 8 B, as the id does as a number: the count must not depend on
+    the digits of the ids the runtime happened to assign."""
     def value(v: object) -> int:
         if isinstance(v, list):
             return sum(value(x) for x in v)
@@ -301,8 +305,8 @@ def _bytes(content: RecordDict) -> int:
 
     return (sum(r.count_bytes() for r in content.array_records.values())
             + sum(r.count_bytes() for r in content.metric_records.values())
-            + sum(len(k) + value(v) for r in content.config_records.values()
-                  for k, v in r.items()))
+            + sum((8 if k in node_keys else len(k)) + value(v)
+                  for r in content.config_records.values() for k, v in r.items()))
 
 
 def out_of_range(mean: Params, episodes: list[float], privacy: PrivacyConfig) -> str | None:
@@ -328,7 +332,7 @@ def secure_mean(grid: object, messages: list[Message], privacy: PrivacyConfig,
     content = {m.metadata.dst_node_id: m.content for m in messages}
     first = messages[0].content[ARRAYS]
     strategy = _OneRound(grid, list(content))
-    watching = _WatchingGrid(grid, [tuple(a.shape) for a in first.values()])
+    watching = _WatchingGrid(grid, [tuple(a.shape) for a in first.values()], list(content))
     server_round = int(messages[0].content[CONFIG][ROUND])
     state = RecordDict({MAIN_PARAMS_RECORD: first,
                         MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round})})

@@ -41,6 +41,7 @@ from ..results import Row, final_table, table
 from ..server_state import ServerState, rng_states, set_rng_states
 from ..tasks.factory import build_tasks
 from .client_app import MODEL, MODEL_KWARGS
+from .outcome import DeviceReports, outcome_error
 from .records import config_record, to_record
 from .privacy_wrap import make_strategy
 from .sizing import fit_to_federation, is_auto
@@ -52,14 +53,24 @@ app = ServerApp()
 RESULTS_CSV = "results.csv:"  # heads the tidy table in the log, as `fedmeta run` writes it
 
 
+def check_resumable(cfg: Config) -> None:
+    """Refuse to resume a private run (before Ray starts, where ``simulate`` calls it)."""
+    if cfg.privacy.enabled:
+        raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
+                          "state is not checkpointed, so its epsilon would be wrong; start "
+                          "the run again")
+
+
 def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
                    state_path: Path | None = None, resume: ServerState | None = None,
-                   partitions: dict[int, int] | None = None) -> Checkpoint:
+                   partitions: dict[int, int] | None = None,
+                   reports: DeviceReports | None = None) -> Checkpoint:
     """Meta-train ``cfg``'s fleet over ``grid``; return the final meta-model.
 
     With ``state_path``, the server state is saved there after every round; with
     ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only);
-    ``partitions`` (node id -> partition id), if already discovered, are not asked again.
+    ``partitions`` (node id -> partition id), if already discovered, are not asked again;
+    ``reports`` collects the devices' rejected and missing replies (``outcome``).
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
@@ -72,11 +83,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
     rows: list[Row] = []
-    if resume is not None and cfg.privacy.enabled:
-        raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
-                          "state is not checkpointed, so its epsilon would be wrong; start "
-                          "the run again")
     if resume is not None:
+        check_resumable(cfg)
         with torch.no_grad():
             for name, value in trainer.params.items():
                 value.copy_(resume.params[name])
@@ -105,6 +113,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     strategy = make_strategy(cfg, trainer, record)
     strategy.fleet = fleet
     strategy.partitions = dict(partitions or {})
+    if reports is not None:
+        strategy.device_reports = reports
     strategy.start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
@@ -115,7 +125,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
                       trainer.params, tasks.info)
 
 
-class RunFailed(AppExitException):
+class ServerAppFailed(AppExitException):
     """A fedmeta error that ends a ``flwr run``: Flower marks the run failed and exits the
     ServerApp process with status 1 (``Exit Code: 201`` in its log)."""
 
@@ -126,7 +136,7 @@ class _NoTraceback(logging.Filter):
     """Flower logs a ServerApp's exception with its traceback; ours was said in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+        if record.exc_info and isinstance(record.exc_info[1], ServerAppFailed):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -137,12 +147,12 @@ logging.getLogger("flwr").addFilter(_NoTraceback())
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the run config is our config, flattened; results go to the log. A
-    fedmeta error is one ERROR line, and the run fails (``RunFailed``)."""
+    fedmeta error is one ERROR line, and the run fails (``ServerAppFailed``)."""
     try:
         _run(grid, context)
     except FedmetaError as exc:
         logger.error("fedmeta: %s", exc)
-        raise RunFailed(str(exc)) from None
+        raise ServerAppFailed(str(exc)) from None
 
 
 def _run(grid: Grid, context: Context) -> None:
@@ -157,7 +167,11 @@ def _run(grid: Grid, context: Context) -> None:
         logger.info("round %d %s: %d devices, %s, %d B down, %d B up", row.round, row.source,
                     row.devices, row.brief(), row.bytes_down, row.bytes_up)
 
-    run_federation(grid, cfg, report, partitions=partitions)
+    reports = DeviceReports()
+    run_federation(grid, cfg, report, partitions=partitions, reports=reports)
     frame = table(rows)
     logger.info("%s on held-out devices:\n%s", cfg.federation.algorithm, final_table(frame))
     logger.info("%s\n%s", RESULTS_CSV, frame.to_csv(index=False, lineterminator="\n"))
+    failure = outcome_error(rows, reports)
+    if failure is not None:
+        raise failure

@@ -27,14 +27,15 @@ from .. import config as config_module
 from ..checkpoint import Checkpoint
 from ..config import Config, SimulationConfig
 from ..errors import ConfigError, FedmetaError
-from ..outputs import write_run
+from ..outputs import claim, write_run
 from ..results import Row, summarize_run, table
 from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app
 from .dispatch import message_pump
+from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
-from .server_app import run_federation
+from .server_app import check_resumable, run_federation
 
 
 def as_config(config: Config | Mapping[str, Any] | str | Path) -> Config:
@@ -81,12 +82,14 @@ def _flower_logs(verbose: bool) -> Iterator[None]:
 
 def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | None = None,
              *, progress: bool = True, verbose: bool = False,
-             resume: ServerState | None = None) -> pd.DataFrame:
+             resume: ServerState | None = None, overwrite: bool = False) -> pd.DataFrame:
     """Run the federated config on Ray; return the tidy table of rounds (``results.table``).
 
     With ``out``, also write every output there (``fedmeta.outputs.FILES``), the server
     state (``server_state.pt``) after every round. With ``resume`` (read from a killed run's
-    ``server_state.pt``, of the same config), continue after its round. The summary
+    ``server_state.pt``, of the same config), continue after its round; without it, an
+    ``out`` that holds another run is refused (``overwrite``: its files are deleted first),
+    all before Ray starts. The summary
     (final held-out scores with 95% CIs, bytes, wall time) is in ``frame.attrs["summary"]``
     and the final meta-model in ``frame.attrs["checkpoint"]``.
     """
@@ -95,8 +98,12 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     if resume is not None and resume.config != cfg.to_dict():
         raise ConfigError("resume", "a server state of another config",
                           "the config the run started with (its server_state.pt holds it)")
+    if resume is not None:
+        check_resumable(cfg)
     backend = backend_config(cfg.simulation, verbose)
     check_fleet_tasks(cfg.task, fed.num_devices, fed.num_held_out, cfg.train.seed)
+    if out is not None and resume is None:
+        claim(Path(out), overwrite)
     rows: list[Row] = list(resume.rows) if resume is not None else []
     finished: list[Checkpoint] = []
     bar = tqdm(total=fed.rounds, desc=fed.algorithm, unit="round", disable=not progress,
@@ -112,9 +119,11 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     state_path = Path(out) / STATE_FILE if out is not None else None
     server = ServerApp()
 
+    reports = DeviceReports()
+
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        finished.append(run_federation(grid, cfg, report, state_path, resume))
+        finished.append(run_federation(grid, cfg, report, state_path, resume, reports))
 
     start = time.perf_counter()
     try:
@@ -129,10 +138,13 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     if not finished:
         raise FedmetaError("the federated run did not finish; run it again with "
                            "verbose=True (--verbose) to see Flower's and Ray's logs")
+    failure = outcome_error(rows, reports)
     frame = table(rows)
     summary = {**summarize_run(frame, fed.algorithm, fed.rounds, wall_s),
                **privacy_summary(cfg, frame)}
-    if out is not None:
+    if out is not None:  # a failed run's too: its results.csv shows the faults of each round
         write_run(Path(out), frame, cfg, finished[0], summary)
+    if failure is not None:
+        raise failure
     frame.attrs.update(summary=summary, checkpoint=finished[0])
     return frame

@@ -39,6 +39,7 @@ from ..privacy import sampling
 from ..results import Row
 from .discovery import DiscoveryError, Found, ask_partitions, missing_message
 from .faults import fault_of
+from .outcome import DeviceReports
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
                       SCORES, array_bytes, to_params, to_record)
 from .robust import aggregate_updates as robust_aggregate
@@ -80,6 +81,7 @@ class FedMeta(FedAvg):
         self.attempt: dict[int, int] = {}  # round -> its latest training attempt
         self.status: dict[int, str] = {}  # round -> status of its latest training attempt
         self.eligible: dict[int, list[int]] = {}  # round -> partitions its latest draw was among
+        self.device_reports = DeviceReports()  # rejected and missing replies, for the end
 
     # -- which node is which device -------------------------------------------------------
     def discover(self, grid: Grid, timeout: float = math.inf) -> None:
@@ -194,7 +196,13 @@ class FedMeta(FedAvg):
     def _missing(self, source: str, server_round: int, replies: list[Message]) -> int:
         """How many of the devices asked did not reply before the round's timeout."""
         asked = self._asked.pop((source, server_round), [])
-        return len(set(asked) - {m.metadata.src_node_id for m in replies})
+        missing = set(asked) - {m.metadata.src_node_id for m in replies}
+        devices = sorted(self.partitions.get(n, -1) for n in missing)
+        self.device_reports.add("timed_out", f"round {server_round} ({source})",
+                                f"devices {devices} did not reply within "
+                                f"federation.round_timeout={self.fed.round_timeout:g} s",
+                                len(missing))
+        return len(missing)
 
     def aggregate_updates(self, server_round: int, replies: list[Message]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
@@ -281,6 +289,8 @@ class FedMeta(FedAvg):
                     kind = "non_finite"
             if problem:
                 faults[kind] += 1
+                self.device_reports.add(kind, f"round {server_round}, device "
+                                              f"{self.partitions.get(node, '?')}", problem)
                 logger.warning("round %d: dropped the reply of device %s (node %d): %s",
                                server_round, self.partitions.get(node, "?"), node, problem)
             else:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FedmetaError as exc:
         print(f"fedmeta {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2: bad input; 3: a run that failed (fedmeta.errors)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, metavar="DIR",
                    help="continue a killed run from the server state it saved after its last "
                         "finished round (DIR/server_state.pt, with its config); outputs go "
-                        "to DIR; not with --config, --set or --out")
+                        "to DIR; not with --config, --set or --out. A finished run is left "
+                        "as it is")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files are deleted first); "
+                        "without it, a folder holding a run is refused")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -51,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
     state = None
     if args.resume is not None:
         given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides),
-                                          ("--out", args.out)) if value]
+                                          ("--out", args.out), ("--overwrite", args.overwrite))
+                 if value]
         if given:
             raise ConfigError(given[0], "given with --resume",
                               "--resume DIR alone (the run's config is in its server state)")
         state = ServerState.load(args.resume / STATE_FILE)
         cfg = config_module.from_dict(state.config)
+        if state.round >= cfg.federation.rounds and (args.resume / "summary.json").exists():
+            print(f"{args.resume}: this run is finished (all {cfg.federation.rounds} rounds, "
+                  f"outputs written); nothing to resume, nothing changed")
+            return 0
     else:
         cfg = config_module.load(args.config, args.overrides)
     from ..app.simulation import simulate  # Flower and Ray load only after validation
@@ -65,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.resume or args.out or \
         Path("runs") / f"{fed.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     frame = simulate(cfg, out, progress=not args.no_progress, verbose=args.verbose,
-                     resume=state)
+                     resume=state, overwrite=args.overwrite)
     summary = frame.attrs["summary"]
     steps = adapt_steps(FEDERATED_ALGORITHMS[fed.algorithm], cfg.meta.inner_steps,
                         cfg.meta.eval_steps, evaluation=True)

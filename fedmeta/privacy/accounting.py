@@ -18,13 +18,20 @@ The run's epsilon is the worst device's; ``Ledger.epsilons`` gives the distribut
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+_ROOT_HANDLERS = list(logging.getLogger().handlers)
+from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant  # noqa: E402
+
+# Importing Opacus calls logging.basicConfig (opacus.utils.module_utils), which gives the root
+# logger a stderr handler: every Flower/fedmeta log line, propagated to it, printed twice.
+for _handler in [h for h in logging.getLogger().handlers if h not in _ROOT_HANDLERS]:
+    logging.getLogger().removeHandler(_handler)
 
 ACCOUNTANTS: dict[str, Callable[[], IAccountant]] = {"rdp": RDPAccountant,
                                                       "prv": PRVAccountant}

@@ -60,7 +60,12 @@ def _omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
 @lru_cache(maxsize=2)
 def _split(zips: tuple, test_alphabets: int, seed: int) -> tuple[OmniglotData, OmniglotData]:
     data = load_omniglot([path for path, _, _ in zips])
-    return split_by_alphabet(data, test_alphabets, seed=seed)
+    try:
+        return split_by_alphabet(data, test_alphabets, seed=seed)
+    except ConfigError as exc:  # name the config field and the files, not the argument
+        raise ConfigError("task.test_alphabets", test_alphabets,
+                          f"{exc.allowed} in {', '.join(path for path, _, _ in zips)}"
+                          ) from None
 
 
 def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: int,
