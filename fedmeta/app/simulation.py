@@ -123,7 +123,8 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        finished.append(run_federation(grid, cfg, report, state_path, resume, reports))
+        finished.append(run_federation(grid, cfg, report, state_path, resume,
+                                       reports=reports))
 
     start = time.perf_counter()
     try:
