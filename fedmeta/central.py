@@ -21,7 +21,8 @@ def train_and_evaluate(cfg: Config, checkpoint: Path | None = None,
     Returns a flat summary: algorithm, iterations, wall time, and the held-out
     pre/post-adaptation loss (and accuracy) with 95% confidence intervals.
     """
-    tasks = build_tasks(cfg.task, seed=cfg.train.seed)
+    tasks = build_tasks(cfg.task, seed=cfg.train.seed,
+                        fleet=(cfg.federation.num_devices, cfg.federation.num_held_out))
     model = build_model(tasks.model, **tasks.model_kwargs)
     learner_kwargs = {"inner_lr": cfg.meta.inner_lr, "inner_steps": cfg.meta.inner_steps,
                       "eval_steps": cfg.meta.eval_steps}
