@@ -64,6 +64,7 @@ def paired_ci(diff: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), 1.96 * float(diff.std(ddof=1)) / math.sqrt(len(diff))
 
 
+@pytest.mark.slow  # one Ray run of 30 rounds: 7.5 minutes on a 2-core host at load 18
 def test_fedmeta_run_on_a_femnist_fixture_learns(tmp_path: Path) -> None:
     dataset = write_femnist(tmp_path / "femnist", femnist_writers(50, classes=10, per_class=6))
     config = tmp_path / "femnist.toml"
