@@ -22,6 +22,7 @@ from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
 
 TASK_KINDS = ("sinusoid", "omniglot", "hf")
+HF_PROTOCOLS = ("few-shot", "fedmeta")  # task.protocol of kind hf (docs/data.md)
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
@@ -59,6 +60,9 @@ class TaskConfig:
     label_column: str = "character"
     partition_by: str = "writer_id"  # natural id column, "dirichlet" or "pathological"
     invert: bool = True  # dark ink on light paper (FEMNIST) -> ink 1.0; false: as is
+    protocol: str = "few-shot"  # hf: "few-shot" (N-way K-shot) or "fedmeta" (device = task)
+    support_fraction: float = 0.2  # protocol fedmeta: support share of a device's images
+    min_device_images: int = 10  # protocol fedmeta: fewer and a natural-id device is left out
 
 
 @dataclass
@@ -368,6 +372,13 @@ def _check_hf(t: TaskConfig) -> None:
         raise ConfigError("task.partition_by", t.partition_by,
                           "a natural id column other than the image and label columns, "
                           "\"dirichlet\" or \"pathological\"")
+    if t.protocol not in HF_PROTOCOLS:
+        raise ConfigError("task.protocol", t.protocol, f"one of {sorted(HF_PROTOCOLS)}")
+    if not 0.0 < t.support_fraction < 1.0:
+        raise ConfigError("task.support_fraction", t.support_fraction, "a number in (0, 1)")
+    if t.min_device_images < 2:
+        raise ConfigError("task.min_device_images", t.min_device_images,
+                          "an integer >= 2 (a support and a query image)")
     if t.partition_by == "pathological" and t.device_classes < t.n_way:
         raise ConfigError("task.device_classes", t.device_classes,
                           f"an integer >= task.n_way={t.n_way} (a device's episodes draw "

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .episode import TaskSource
+from .device_split import DeviceSplitSource
 from .fewshot import FewShotTaskSource
 from .hf_images import HFFleet, load_fleet
 from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
@@ -150,7 +151,9 @@ def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int |
 def _hf_key(task: Any) -> tuple:
     return tuple(getattr(task, f) for f in ("dataset", "split", "image_column", "label_column",
                                               "partition_by", "invert", "n_way", "k_shot",
-                                              "q_query", "dirichlet_alpha", "device_classes"))
+                                              "q_query", "dirichlet_alpha", "device_classes",
+                                              "protocol", "support_fraction",
+                                              "min_device_images"))
 
 
 _HF_FLEETS: dict[tuple, HFFleet] = {}  # the last fleets built in this process
@@ -166,17 +169,19 @@ def _hf_fleet(task: Any, num_devices: int, seed: int) -> HFFleet:
     return _HF_FLEETS[key]
 
 
-def _hf_source(task: Any, fleet: HFFleet, device: int, held_out: bool) -> FewShotTaskSource:
-    """Device ``device``'s few-shot source over its own images (rotations and augment for
-    training devices only, as with Omniglot); one that cannot form episodes names itself."""
+def _hf_source(task: Any, fleet: HFFleet, device: int, held_out: bool
+               ) -> FewShotTaskSource | DeviceSplitSource:
+    """Device ``device``'s source over its own images: N-way K-shot episodes (rotations and
+    augment for training devices only, as with Omniglot) or, with ``task.protocol =
+    "fedmeta"``, its own support/query split; one that cannot form them names itself."""
     images, labels = fleet.device(device)
-    return _hf_few_shot(task, images, labels, held_out,
-                        f"device {device} ({task.partition_by} {fleet.names[device]})")
-
-
-def _hf_few_shot(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bool,
-                 what: str) -> FewShotTaskSource:
+    what = f"device {device} ({task.partition_by} {fleet.names[device]})"
     try:
+        if task.protocol == "fedmeta":
+            if len(labels) < task.min_device_images:
+                raise DataError(f"fewer than task.min_device_images = "
+                                f"{task.min_device_images}")
+            return DeviceSplitSource(images, labels, fleet.num_classes, task.support_fraction)
         return FewShotTaskSource(images, labels, task.n_way, task.k_shot, task.q_query,
                                  task.rotations and not held_out, task.augment and not held_out)
     except DataError as exc:
@@ -188,6 +193,8 @@ def _hf_few_shot(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bo
 
 
 def _hf_tasks(task: Any, seed: int, fleet: tuple[int, int] | None) -> Tasks:
+    """Few-shot: the training devices' images pooled, the held-out devices' pooled.
+    FedMeta protocol (federated only): the first training and first held-out device."""
     if fleet is None:
         raise ConfigError("task.kind", task.kind, "a kind whose data needs no fleet here "
                           "(hf data is split by devices: pass num_devices, num_held_out)")
@@ -195,11 +202,26 @@ def _hf_tasks(task: Any, seed: int, fleet: tuple[int, int] | None) -> Tasks:
     data = _hf_fleet(task, num_devices, seed)
     train = num_devices - num_held_out
     info = {"kind": "hf", "dataset": task.dataset, "split": task.split,
-            "partition_by": task.partition_by, "n_way": task.n_way, "k_shot": task.k_shot,
-            "q_query": task.q_query, "devices": num_devices,
+            "partition_by": task.partition_by, "protocol": task.protocol,
+            "n_way": task.n_way, "k_shot": task.k_shot, "q_query": task.q_query,
+            "num_classes": data.num_classes, "devices": num_devices,
             "eligible_partitions": data.eligible, "partitions": data.partitions,
             "held_out": data.names[train:]}
-    return Tasks(_hf_few_shot(task, *data.devices(0, train), False, "the training devices"),
-                 _hf_few_shot(task, *data.devices(train, num_devices), True,
-                              "the held-out devices"),
+    if task.protocol == "fedmeta":
+        info["support_fraction"] = task.support_fraction
+        return Tasks(_hf_source(task, data, 0, False), _hf_source(task, data, train, True),
+                     "femnist-cnn", {"num_classes": data.num_classes}, info)
+    return Tasks(_hf_pooled(task, *data.devices(0, train), False, "the training devices"),
+                 _hf_pooled(task, *data.devices(train, num_devices), True,
+                            "the held-out devices"),
                  "conv4", {"n_way": task.n_way}, info)
+
+
+def _hf_pooled(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bool,
+               what: str) -> FewShotTaskSource:
+    try:
+        return FewShotTaskSource(images, labels, task.n_way, task.k_shot, task.q_query,
+                                 task.rotations and not held_out, task.augment and not held_out)
+    except DataError as exc:
+        raise ConfigError("task.partition_by", task.partition_by,
+                          f"devices that form episodes, but {what} cannot: {exc}") from None

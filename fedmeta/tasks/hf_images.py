@@ -6,9 +6,10 @@ folder holding the dataset's files (a hub snapshot, or parquet files) reads them
 same code. The split is partitioned by flwr-datasets' partitioners:
 
 - ``task.partition_by = "<column>"``: ``NaturalIdPartitioner`` on that column (FEMNIST's
-  ``writer_id``), one partition per value. A partition is *eligible* when it holds
-  ``task.n_way`` classes with ``task.k_shot + task.q_query`` images each; the others are
-  left out. The fleet is ``federation.num_devices`` eligible partitions drawn with the
+  ``writer_id``), one partition per value. A partition is *eligible* when it can form the
+  episodes (``episode_ready``: ``task.n_way`` classes with ``task.k_shot + task.q_query``
+  images each; under ``task.protocol = "fedmeta"``, ``task.min_device_images`` images);
+  the others are left out. The fleet is ``federation.num_devices`` eligible partitions drawn with the
   seed (a permutation of the eligible ones, in the partitioner's order); the last
   ``federation.num_held_out`` are held out. Fewer eligible than devices: ``ConfigError``.
 - ``"dirichlet"``: ``DirichletPartitioner`` on the label column, ``task.dirichlet_alpha``,
@@ -42,7 +43,7 @@ from .images import IMAGE_SIZE, decode
 from .omniglot import CACHE_ENV
 
 HF_PARTITIONERS = ("dirichlet", "pathological")  # any other task.partition_by: a column
-CACHE_VERSION = 1  # bump when the decoded arrays change, so old caches are not used
+CACHE_VERSION = 2  # bump when the decoded arrays change, so old caches are not used
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class HFFleet:
     names: list[str]
     eligible: int  # partitions that could form episodes (natural ids), else num_devices
     partitions: int  # partitions the partitioner made
+    num_classes: int  # the label space: ClassLabel's size, else the largest label + 1
 
     def device(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of device ``d``."""
@@ -158,10 +160,37 @@ def check_schema(features: Any, task: Any) -> None:
                           f"Value), not {label!r}")
 
 
-def _episode_ready(labels: np.ndarray, n_way: int, per_class: int) -> bool:
-    """Whether ``labels`` hold ``n_way`` classes with ``per_class`` rows each."""
+def episode_ready(labels: np.ndarray, task: Any) -> bool:
+    """Whether a device with these labels is kept. ``few-shot``: ``n_way`` classes with
+    ``k_shot + q_query`` images each; ``fedmeta``: ``min_device_images`` images that split
+    into a non-empty support (``support_fraction``) and query set."""
+    if task.protocol == "fedmeta":
+        support = int(round(task.support_fraction * len(labels)))
+        return len(labels) >= task.min_device_images and 1 <= support < len(labels)
     _, counts = np.unique(labels, return_counts=True)
-    return int(np.sum(counts >= per_class)) >= n_way
+    return int(np.sum(counts >= task.k_shot + task.q_query)) >= task.n_way
+
+
+def keep_rule(task: Any) -> str:
+    """``episode_ready``'s rule in words."""
+    if task.protocol == "fedmeta":
+        return (f"hold task.min_device_images = {task.min_device_images} images that split "
+                f"{task.support_fraction:g} support / the rest query, both non-empty")
+    return (f"hold {task.n_way} classes with k_shot + q_query = "
+            f"{task.k_shot + task.q_query} images each")
+
+
+def num_classes(split: Any, task: Any) -> int:
+    """The label space: the ``ClassLabel``'s size, else the largest label + 1."""
+    from datasets import ClassLabel
+    feature = split.features[task.label_column]
+    if isinstance(feature, ClassLabel):
+        return int(feature.num_classes)
+    labels = np.asarray(split.select_columns([task.label_column])[task.label_column])
+    if labels.min() < 0:
+        raise ConfigError("task.label_column", task.label_column,
+                          f"class ids >= 0, not {labels.min()}")
+    return int(labels.max()) + 1
 
 
 def _chosen(fds: Any, split: Any, task: Any, num_devices: int, seed: int
@@ -173,17 +202,15 @@ def _chosen(fds: Any, split: Any, task: Any, num_devices: int, seed: int
         return list(range(num_devices)), [f"partition {p}" for p in range(num_devices)], \
             num_devices, num_devices
     frame = split.select_columns([task.partition_by, task.label_column]).to_pandas()
-    per_class = task.k_shot + task.q_query
     ready = {str(key) for key, rows in frame.groupby(task.partition_by, sort=False)
-             if _episode_ready(rows[task.label_column].to_numpy(), task.n_way, per_class)}
+             if episode_ready(rows[task.label_column].to_numpy(), task)}
     fds.load_partition(0, task.split)  # the partitioner numbers its ids on first use
     ids = partitioner.partition_id_to_natural_id
     eligible = [p for p in sorted(ids) if str(ids[p]) in ready]
     if len(eligible) < num_devices:
         raise ConfigError("federation.num_devices", num_devices,
                           f"at most the {len(eligible)} of {len(ids)} partitions by "
-                          f"{task.partition_by} that hold {task.n_way} classes with "
-                          f"k_shot + q_query = {per_class} images each (the others are "
+                          f"{task.partition_by} that {keep_rule(task)} (the others are "
                           f"left out)")
     picked = np.random.default_rng(seed).permutation(eligible)[:num_devices].tolist()
     return picked, [str(ids[p]) for p in picked], len(eligible), len(ids)
@@ -218,7 +245,8 @@ def _cache_key(task: Any, fingerprint: str, num_devices: int, seed: int) -> str:
              "devices": num_devices, "seed": seed,
              **{f: getattr(task, f) for f in ("dataset", "split", "image_column",
                                                 "label_column", "partition_by", "invert",
-                                                "n_way", "k_shot", "q_query")}}
+                                                "n_way", "k_shot", "q_query", "protocol",
+                                                "support_fraction", "min_device_images")}}
     if task.partition_by == "dirichlet":
         shape["alpha"] = task.dirichlet_alpha
     if task.partition_by == "pathological":
@@ -236,14 +264,14 @@ def load_fleet(task: Any, num_devices: int, seed: int) -> HFFleet:
             with np.load(path, allow_pickle=False) as saved:
                 return HFFleet(saved["images"], saved["labels"], saved["offsets"],
                                saved["names"].tolist(), int(saved["eligible"]),
-                               int(saved["partitions"]))
+                               int(saved["partitions"]), int(saved["num_classes"]))
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache file: decode again and replace it
     picked, names, eligible, made = _chosen(fds, split, task, num_devices, seed)
     parts = [_decode(fds, task, p) for p in picked]
     fleet = HFFleet(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                     np.cumsum([0] + [len(p[1]) for p in parts]).astype(np.int64), names,
-                    eligible, made)
+                    eligible, made, num_classes(split, task))
     _write(path, fleet)
     return fleet
 
@@ -255,7 +283,7 @@ def _write(path: Path, fleet: HFFleet) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
             np.savez(f, images=fleet.images, labels=fleet.labels, offsets=fleet.offsets,
                      names=np.array(fleet.names, dtype=str), eligible=fleet.eligible,
-                     partitions=fleet.partitions)
+                     partitions=fleet.partitions, num_classes=fleet.num_classes)
         os.replace(f.name, path)
     except OSError as exc:
         warnings.warn(f"could not write the decoded fleet cache {path}: {exc}", stacklevel=2)
