@@ -9,19 +9,20 @@ same code. The split is partitioned by flwr-datasets' partitioners:
   ``writer_id``), one partition per value. A partition is *eligible* when it can form the
   episodes (``episode_ready``: ``task.n_way`` classes with ``task.k_shot + task.q_query``
   images each; under ``task.protocol = "fedmeta"``, ``task.min_device_images`` images);
-  the others are left out. The fleet is ``federation.num_devices`` eligible partitions drawn with the
-  seed (a permutation of the eligible ones, in the partitioner's order); the last
-  ``federation.num_held_out`` are held out. Fewer eligible than devices: ``ConfigError``.
+  the others are left out. The fleet is ``federation.num_devices`` eligible partitions
+  drawn with the seed (a permutation of the eligible ones, in the partitioner's order);
+  the last ``federation.num_held_out`` are held out. Fewer eligible than devices:
+  ``ConfigError``.
 - ``"dirichlet"``: ``DirichletPartitioner`` on the label column, ``task.dirichlet_alpha``,
   one partition per device.
 - ``"pathological"``: ``PathologicalPartitioner``, ``task.device_classes`` classes a device
   (classes drawn at random), one partition per device.
 
 Dirichlet and pathological devices are the partitions themselves: one that cannot form
-episodes is a ``ConfigError``, nothing is left out. Images become ``(28, 28)`` float32 grey
-arrays (``fedmeta.tasks.images.decode``: Lanczos resize, inverted so dark ink on light
-paper, as FEMNIST and Omniglot, is 1.0; ``task.invert = false`` keeps light-on-dark data
-such as MNIST as is). The fleet is decoded once and cached as ``.npz`` under
+episodes is a ``ConfigError`` (in ``fedmeta.tasks.factory``), nothing is left out. Images
+become ``(28, 28)`` float32 grey arrays (``fedmeta.tasks.images.decode``: Lanczos resize,
+inverted so dark ink on light paper, as FEMNIST and Omniglot, is 1.0; ``task.invert =
+false`` keeps light-on-dark data such as MNIST as is). The fleet is decoded once and cached as ``.npz`` under
 ``$FEDMETA_CACHE/hf``, keyed by the split's fingerprint and every setting that shapes it.
 """
 
