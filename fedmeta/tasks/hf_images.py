@@ -22,8 +22,9 @@ Dirichlet and pathological devices are the partitions themselves: one that canno
 episodes is a ``ConfigError`` (in ``fedmeta.tasks.factory``), nothing is left out. Images
 become ``(28, 28)`` float32 grey arrays (``fedmeta.tasks.images.decode``: Lanczos resize,
 inverted so dark ink on light paper, as FEMNIST and Omniglot, is 1.0; ``task.invert =
-false`` keeps light-on-dark data such as MNIST as is). The fleet is decoded once and cached as ``.npz`` under
-``$FEDMETA_CACHE/hf``, keyed by the split's fingerprint and every setting that shapes it.
+false`` keeps light-on-dark data such as MNIST as is). The fleet is decoded once and
+cached as ``.npz`` under ``$FEDMETA_CACHE/hf``, keyed by the split's fingerprint and every
+setting that shapes it.
 """
 
 from __future__ import annotations
