@@ -11,6 +11,7 @@ from .config import Config
 from .meta import MetaTrainer, build_learner
 from .meta.evaluation import evaluate_source, summarize
 from .models import build_model
+from .errors import ConfigError
 from .tasks.factory import build_tasks
 
 
@@ -21,7 +22,12 @@ def train_and_evaluate(cfg: Config, checkpoint: Path | None = None,
     Returns a flat summary: algorithm, iterations, wall time, and the held-out
     pre/post-adaptation loss (and accuracy) with 95% confidence intervals.
     """
-    tasks = build_tasks(cfg.task, seed=cfg.train.seed)
+    if cfg.task.kind == "hf" and cfg.task.protocol == "fedmeta":
+        raise ConfigError("task.protocol", cfg.task.protocol,
+                          "\"few-shot\" for central training; the FedMeta protocol (each "
+                          "device its own task) is federated: fedmeta run")
+    tasks = build_tasks(cfg.task, seed=cfg.train.seed,
+                        fleet=(cfg.federation.num_devices, cfg.federation.num_held_out))
     model = build_model(tasks.model, **tasks.model_kwargs)
     learner_kwargs = {"inner_lr": cfg.meta.inner_lr, "inner_steps": cfg.meta.inner_steps,
                       "eval_steps": cfg.meta.eval_steps}

@@ -22,7 +22,8 @@ from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
 
-TASK_KINDS = ("sinusoid", "omniglot")
+TASK_KINDS = ("sinusoid", "omniglot", "hf")
+HF_PROTOCOLS = ("few-shot", "fedmeta")  # task.protocol of kind hf (docs/data.md)
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
@@ -35,7 +36,8 @@ DISPATCHES = ("indexed", "flower")  # simulation.dispatch: fedmeta.app.dispatch
 
 @dataclass
 class TaskConfig:
-    """The task distribution: sinusoid regression or N-way K-shot Omniglot."""
+    """The task distribution: sinusoid regression, N-way K-shot Omniglot, or N-way K-shot
+    episodes of a Hugging Face image dataset split into devices (``hf``, docs/data.md)."""
 
     kind: str = "sinusoid"
     k_shot: int = 10
@@ -52,6 +54,16 @@ class TaskConfig:
     partition: str = "drawer"
     dirichlet_alpha: float = 0.5
     device_classes: int = 10  # sampled partition: characters each device draws
+    # kind "hf" (fedmeta.tasks.hf_images, docs/data.md): a Hugging Face image dataset
+    dataset: str = "flwrlabs/femnist"  # hub name, or a local folder of its files
+    split: str = "train"
+    image_column: str = "image"
+    label_column: str = "character"
+    partition_by: str = "writer_id"  # natural id column, "dirichlet" or "pathological"
+    invert: bool = True  # dark ink on light paper (FEMNIST) -> ink 1.0; false: as is
+    protocol: str = "few-shot"  # hf: "few-shot" (N-way K-shot) or "fedmeta" (device = task)
+    support_fraction: float = 0.2  # protocol fedmeta: support share of a device's images
+    min_device_images: int = 10  # protocol fedmeta: fewer and a natural-id device is left out
 
 
 @dataclass
@@ -374,7 +386,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("task.device_classes", t.device_classes,
                           f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
                           f"n_way of its characters)")
-    if t.kind == "omniglot" and t.n_way < 2:
+    _check_hf(t)
+    if t.kind in ("omniglot", "hf") and t.n_way < 2:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
         raise ConfigError("task.test_alphabets", t.test_alphabets, "an integer >= 1")
@@ -440,6 +453,33 @@ def _check_resources(cfg: Config) -> None:
                       f"{need / 2**30:,.1f} GiB of activations, more than "
                       f"{MEMORY_SHARE:.0%} of its {total / 2**30:,.1f} GiB of memory; "
                       f"lower them")
+
+
+def _check_hf(t: TaskConfig) -> None:
+    """The ``hf`` task's names; whether the columns exist is checked on the data."""
+    if t.kind != "hf":
+        return
+    for name in ("dataset", "split", "image_column", "label_column", "partition_by"):
+        if not getattr(t, name).strip():
+            raise ConfigError(f"task.{name}", getattr(t, name), "a non-empty name")
+    if t.image_column == t.label_column:
+        raise ConfigError("task.label_column", t.label_column,
+                          f"a column other than task.image_column={t.image_column!r}")
+    if t.partition_by in (t.image_column, t.label_column):
+        raise ConfigError("task.partition_by", t.partition_by,
+                          "a natural id column other than the image and label columns, "
+                          "\"dirichlet\" or \"pathological\"")
+    if t.protocol not in HF_PROTOCOLS:
+        raise ConfigError("task.protocol", t.protocol, f"one of {sorted(HF_PROTOCOLS)}")
+    if not 0.0 < t.support_fraction < 1.0:
+        raise ConfigError("task.support_fraction", t.support_fraction, "a number in (0, 1)")
+    if t.min_device_images < 2:
+        raise ConfigError("task.min_device_images", t.min_device_images,
+                          "an integer >= 2 (a support and a query image)")
+    if t.partition_by == "pathological" and t.device_classes < t.n_way:
+        raise ConfigError("task.device_classes", t.device_classes,
+                          f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
+                          f"n_way of its classes)")
 
 
 def _check_federation(f: FederationConfig) -> None:

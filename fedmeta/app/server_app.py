@@ -74,7 +74,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
-    tasks = build_tasks(cfg.task, seed=cfg.train.seed)
+    tasks = build_tasks(cfg.task, seed=cfg.train.seed,
+                        fleet=(cfg.federation.num_devices, cfg.federation.num_held_out))
     learner_kwargs = {"inner_lr": cfg.meta.inner_lr, "inner_steps": cfg.meta.inner_steps,
                       "eval_steps": cfg.meta.eval_steps}
     with torch.random.fork_rng(devices=[]):  # the initial model from the seed, no side effect

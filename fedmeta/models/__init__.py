@@ -6,9 +6,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .conv4 import Conv4
+from .femnist_cnn import FemnistCNN
 from .mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP}
+MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "femnist-cnn": FemnistCNN}
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
@@ -18,4 +19,4 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["Conv4", "MLP", "MODELS", "build_model"]
+__all__ = ["Conv4", "FemnistCNN", "MLP", "MODELS", "build_model"]

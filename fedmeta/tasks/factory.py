@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, DataError
 from .episode import TaskSource
+from .device_split import DeviceSplitSource
 from .fewshot import FewShotTaskSource
+from .hf_images import HFFleet, load_fleet
 from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
 from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
 from .sinusoid import SinusoidTasks
@@ -31,8 +35,14 @@ def _sinusoid(task: Any) -> SinusoidTasks:
                          tuple(task.x_range))
 
 
-def build_tasks(task: Any, seed: int = 0) -> Tasks:
-    """The ``Tasks`` of a ``config.TaskConfig`` for central training."""
+def build_tasks(task: Any, seed: int = 0, fleet: tuple[int, int] | None = None) -> Tasks:
+    """The ``Tasks`` of a ``config.TaskConfig`` for central training.
+
+    ``task.kind == "hf"`` needs ``fleet``, ``(num_devices, num_held_out)``: the data is a
+    fleet's; ``train`` pools the training devices' images, ``test`` the held-out ones'.
+    """
+    if task.kind == "hf":
+        return _hf_tasks(task, seed, fleet)
     if task.kind == "sinusoid":
         source = _sinusoid(task)
         info = {"kind": "sinusoid", "k_shot": task.k_shot, "q_query": task.q_query,
@@ -79,6 +89,9 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
     """
     if task.kind == "sinusoid":
         return device_sinusoid(_sinusoid(task), device, seed, task.device_width)
+    if task.kind == "hf":
+        return _hf_source(task, _hf_fleet(task, num_devices, seed), device,
+                          device >= num_devices - num_held_out)
     held_out = device >= num_devices - num_held_out
     group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
         else (device, num_devices - num_held_out)
@@ -88,6 +101,18 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
 def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int = 0) -> None:
     """Raise the ``DataError`` or ``ConfigError`` a device of this fleet would meet building
     its task source (too few drawers, classes or images), before any device runs."""
+    if task.kind == "hf":
+        fleet = _hf_fleet(task, num_devices, seed)
+        empty = np.flatnonzero(np.diff(fleet.offsets) == 0)
+        if len(empty):
+            raise ConfigError("task.partition_by", task.partition_by,
+                              f"a partition with no empty device, but {len(empty)} of "
+                              f"{num_devices} devices have 0 images (device {empty[0]}: "
+                              f"{fleet.names[empty[0]]}); lower federation.num_devices or "
+                              f"raise task.dirichlet_alpha / task.device_classes")
+        for device in range(num_devices):
+            _hf_source(task, fleet, device, device >= num_devices - num_held_out)
+        return
     if task.kind != "sinusoid":  # sampled: every device draws alike, so one shows for all
         one = 0 if task.partition == "sampled" else None
         _omniglot_group(task, seed, False, num_devices - num_held_out, only=one)
@@ -126,3 +151,82 @@ def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int |
         hint = "" if task.augment or held_out else "; task.augment=true fills them with " \
                                                    "distorted copies"
         raise DataError(f"{what} devices: {exc}{hint}") from None
+
+
+def _hf_key(task: Any) -> tuple:
+    return tuple(getattr(task, f) for f in ("dataset", "split", "image_column", "label_column",
+                                              "partition_by", "invert", "n_way", "k_shot",
+                                              "q_query", "dirichlet_alpha", "device_classes",
+                                              "protocol", "support_fraction",
+                                              "min_device_images"))
+
+
+_HF_FLEETS: dict[tuple, HFFleet] = {}  # the last fleets built in this process
+
+
+def _hf_fleet(task: Any, num_devices: int, seed: int) -> HFFleet:
+    """``hf_images.load_fleet``, kept in memory for the next device of this process."""
+    key = (_hf_key(task), num_devices, seed)
+    if key not in _HF_FLEETS:
+        if len(_HF_FLEETS) >= 2:
+            _HF_FLEETS.pop(next(iter(_HF_FLEETS)))
+        _HF_FLEETS[key] = load_fleet(task, num_devices, seed)
+    return _HF_FLEETS[key]
+
+
+def _hf_source(task: Any, fleet: HFFleet, device: int, held_out: bool
+               ) -> FewShotTaskSource | DeviceSplitSource:
+    """Device ``device``'s source over its own images: N-way K-shot episodes (rotations and
+    augment for training devices only, as with Omniglot) or, with ``task.protocol =
+    "fedmeta"``, its own support/query split; one that cannot form them names itself."""
+    images, labels = fleet.device(device)
+    what = f"device {device} ({task.partition_by} {fleet.names[device]})"
+    try:
+        if task.protocol == "fedmeta":
+            if len(labels) < task.min_device_images:
+                raise DataError(f"fewer than task.min_device_images = "
+                                f"{task.min_device_images}")
+            return DeviceSplitSource(images, labels, fleet.num_classes, task.support_fraction)
+        return FewShotTaskSource(images, labels, task.n_way, task.k_shot, task.q_query,
+                                 task.rotations and not held_out, task.augment and not held_out)
+    except DataError as exc:
+        raise ConfigError("task.partition_by", task.partition_by,
+                          f"a partition whose every device forms episodes, but {what} has "
+                          f"{len(labels)} images: {exc}; lower federation.num_devices, "
+                          f"task.n_way or task.k_shot/q_query, or raise "
+                          f"task.dirichlet_alpha / task.device_classes") from None
+
+
+def _hf_tasks(task: Any, seed: int, fleet: tuple[int, int] | None) -> Tasks:
+    """Few-shot: the training devices' images pooled, the held-out devices' pooled.
+    FedMeta protocol (federated only): the first training and first held-out device."""
+    if fleet is None:
+        raise ConfigError("task.kind", task.kind, "a kind whose data needs no fleet here "
+                          "(hf data is split by devices: pass num_devices, num_held_out)")
+    num_devices, num_held_out = fleet
+    data = _hf_fleet(task, num_devices, seed)
+    train = num_devices - num_held_out
+    info = {"kind": "hf", "dataset": task.dataset, "split": task.split,
+            "partition_by": task.partition_by, "protocol": task.protocol,
+            "n_way": task.n_way, "k_shot": task.k_shot, "q_query": task.q_query,
+            "num_classes": data.num_classes, "devices": num_devices,
+            "eligible_partitions": data.eligible, "partitions": data.partitions,
+            "held_out": data.names[train:]}
+    if task.protocol == "fedmeta":
+        info["support_fraction"] = task.support_fraction
+        return Tasks(_hf_source(task, data, 0, False), _hf_source(task, data, train, True),
+                     "femnist-cnn", {"num_classes": data.num_classes}, info)
+    return Tasks(_hf_pooled(task, *data.devices(0, train), False, "the training devices"),
+                 _hf_pooled(task, *data.devices(train, num_devices), True,
+                            "the held-out devices"),
+                 "conv4", {"n_way": task.n_way}, info)
+
+
+def _hf_pooled(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bool,
+               what: str) -> FewShotTaskSource:
+    try:
+        return FewShotTaskSource(images, labels, task.n_way, task.k_shot, task.q_query,
+                                 task.rotations and not held_out, task.augment and not held_out)
+    except DataError as exc:
+        raise ConfigError("task.partition_by", task.partition_by,
+                          f"devices that form episodes, but {what} cannot: {exc}") from None
