@@ -349,11 +349,14 @@ MAXIMA: dict[str, int | float] = {
     "faults.hang_extra_s": 24 * 3600.0, "faults.byzantine_factor": 1e6,
     "simulation.num_cpus": 1_024, "simulation.num_gpus": 64, "simulation.ray_cpus": 4_096,
     "privacy.secagg_shares": 10_000, "fleet.deadline_s": 1e9,
+    "federation.discovery_timeout": 7 * 24 * 3600.0, "task.min_device_images": 10_000_000,
 }
 MEMORY_SHARE = 0.5  # of this machine's memory, the most one episode's estimate may take
 # Activation floats one sample keeps per forward pass (a rough upper estimate): the MLP's
 # 1-40-40-1 with ReLUs; Conv4's 64 channels x (conv, norm, ReLU) over 28, 14, 7 and 3 pixels.
 ACTIVATIONS = {"sinusoid": 4 * 40 + 2, "omniglot": 3 * 64 * (28**2 + 14**2 + 7**2 + 3**2)}
+IMAGE_KINDS = ("omniglot", "hf")  # 28x28 images through Conv4 (hf's fedmeta protocol: its
+# episode is a whole device, whose size the config does not give; estimated as few-shot)
 
 
 def _check(cfg: Config) -> None:
@@ -432,8 +435,10 @@ def episode_bytes(cfg: Config) -> int:
     samples (``n_way * (k_shot + q_query)`` images, or ``k_shot + q_query`` points) times
     the activations each keeps, kept for every inner step and the outer one (MAML's graph)."""
     t = cfg.task
-    samples = (t.k_shot + t.q_query) * (t.n_way if t.kind == "omniglot" else 1)
-    return 4 * samples * ACTIVATIONS[t.kind] * (cfg.meta.inner_steps + 1)
+    images = t.kind in IMAGE_KINDS
+    samples = (t.k_shot + t.q_query) * (t.n_way if images else 1)
+    per_sample = ACTIVATIONS["omniglot" if images else t.kind]
+    return 4 * samples * per_sample * (cfg.meta.inner_steps + 1)
 
 
 def _check_resources(cfg: Config) -> None:
@@ -442,11 +447,11 @@ def _check_resources(cfg: Config) -> None:
     if total is None or need <= MEMORY_SHARE * total:
         return
     t, m = cfg.task, cfg.meta
-    fields = ("task.n_way, " if t.kind == "omniglot" else "") + \
+    fields = ("task.n_way, " if t.kind in IMAGE_KINDS else "") + \
         "task.k_shot, task.q_query, meta.inner_steps"
     values = {"n_way": t.n_way, "k_shot": t.k_shot, "q_query": t.q_query,
               "inner_steps": m.inner_steps}
-    if t.kind != "omniglot":
+    if t.kind not in IMAGE_KINDS:
         del values["n_way"]
     raise ConfigError(fields, values,
                       f"an episode that fits this machine: one needs about "
