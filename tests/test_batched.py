@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedmeta.errors import ConfigError
 from fedmeta.meta import ALGORITHMS, build_learner
 from fedmeta.meta import base
 from fedmeta.models import MLP, Conv4
@@ -73,17 +74,17 @@ def test_batchnorm_statistics_are_per_task() -> None:
 def test_unsupported_models_fall_back_to_the_loop() -> None:
     model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     assert not supports_batching(model)
-    learner = build_learner("maml", model, inner_lr=0.05)
-    assert not learner.batched
-    update = learner.meta_update(learner.init_params(), _regression_batch())
+    learner = build_learner("maml", model, inner_lr=0.05, batched=True)
+    batch = _regression_batch()
+    assert not learner.batches(batch)
+    update = learner.meta_update(learner.init_params(), batch)
     assert torch.isfinite(update.direction["0.weight"]).all()
     assert supports_batching(Conv4()) and supports_batching(MLP())
 
 
 def _pair(name: str, model: nn.Module, **kwargs):
-    batched = build_learner(name, copy.deepcopy(model), **kwargs)
+    batched = build_learner(name, copy.deepcopy(model), batched=True, **kwargs)
     loop = build_learner(name, copy.deepcopy(model), batched=False, **kwargs)
-    assert batched.batched and not loop.batched
     return batched, loop
 
 
@@ -136,8 +137,10 @@ def test_batched_evaluation_equals_the_loop_in_chunks(name: str, kind: str,
 def test_second_order_terms_are_in_the_batched_gradient() -> None:
     """The batched MAML gradient is not the first-order one: the Hessian terms count."""
     model, batch, lr = _case("conv4")
-    maml = build_learner("maml", copy.deepcopy(model), inner_lr=lr, inner_steps=2)
-    fo = build_learner("fomaml", copy.deepcopy(model), inner_lr=lr, inner_steps=2)
+    maml = build_learner("maml", copy.deepcopy(model), inner_lr=lr, inner_steps=2,
+                         batched=True)
+    fo = build_learner("fomaml", copy.deepcopy(model), inner_lr=lr, inner_steps=2,
+                       batched=True)
     params = maml.init_params()
     second = maml.meta_update(params, batch).direction["body.0.0.weight"]
     first = fo.meta_update(params, batch).direction["body.0.0.weight"]
@@ -157,3 +160,40 @@ def test_single_precision_batched_stays_close_to_the_loop() -> None:
     ours, ref = batched.meta_update(params, batch), loop.meta_update(params, batch)
     flat = lambda d: torch.cat([d[k].flatten() for k in params])  # noqa: E731
     assert _rel(flat(ours.direction), flat(ref.direction)) < 1e-4
+
+
+def test_episodes_of_mixed_shapes_are_scored_in_order_as_one_at_a_time() -> None:
+    from fedmeta.evaluate_episodes import score_episodes
+
+    torch.manual_seed(0)
+    model = Conv4(n_way=3, channels=4).double()
+    batched, loop = _pair("maml", model, inner_lr=0.3, inner_steps=1)
+    params = batched.init_params()
+    g = torch.Generator().manual_seed(4)
+
+    def episode(shot: int, queries: int) -> Episode:
+        return Episode(torch.randn(3 * shot, 1, 28, 28, generator=g, dtype=torch.float64),
+                       torch.arange(3).repeat(shot),
+                       torch.randn(3 * queries, 1, 28, 28, generator=g, dtype=torch.float64),
+                       torch.arange(3).repeat(queries), 3)
+
+    shapes = [(1, 2), (2, 1), (1, 2), (3, 3), (2, 1), (1, 2)]
+    episodes = {f"ep{i}": episode(*s) for i, s in enumerate(shapes)}
+    ours = score_episodes(batched, params, episodes, steps=2)
+    for i, ep in enumerate(episodes.values()):
+        ref = loop.evaluate(params, stack_episodes([ep]), steps=2)
+        for metric, values in ref.items():
+            assert ours[metric][i] == pytest.approx(float(values[0]), rel=TOL, abs=TOL)
+
+
+def test_default_batches_on_accelerators_only() -> None:
+    model, batch, lr = _case("conv4")
+    auto = build_learner("maml", model, inner_lr=lr)
+    assert auto.batched is None and not auto.batches(batch)
+    meta = torch.device("meta")  # no data: only where the tensors live matters
+    on_device = type(batch)(*(getattr(batch, f).to(meta) for f in
+                              ("support_x", "support_y", "query_x", "query_y")), batch.n_way)
+    assert auto.batches(on_device)
+    assert not build_learner("maml", model, batched=False).batches(on_device)
+    with pytest.raises(ConfigError, match="batched"):
+        build_learner("maml", model, batched="yes")

@@ -83,27 +83,39 @@ class MetaLearner(ABC):
     ``inner_lr`` and ``inner_steps`` define the adaptation on a support set; ``eval_steps``
     (default ``inner_steps``) is how many steps evaluation adapts for.
 
-    With ``batched`` (the default) and a model ``supports_batching`` accepts, a meta-batch's
-    episodes run together, one set of kernels for all tasks (``*_many`` methods on
-    parameters with a leading task dimension, see ``fedmeta.models.batched``); otherwise, or
-    with ``batched=False``, one episode at a time: the reference the tests compare against.
+    ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
+    tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
+    ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
+    against), or ``None`` (default): together where the episodes are on an accelerator, one
+    at a time on the CPU, where the loop was measured faster (see ``batches``). Models that
+    ``supports_batching`` rejects always run one episode at a time.
     """
 
     name: str = ""
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
-                 eval_steps: int | None = None, batched: bool = True) -> None:
+                 eval_steps: int | None = None, batched: bool | None = None) -> None:
         check_positive("inner_lr", inner_lr)
         check_positive("inner_steps", inner_steps, integer=True)
         if eval_steps is not None:
             check_positive("eval_steps", eval_steps, integer=True)
-        if not isinstance(batched, bool):
-            raise ConfigError("batched", batched, "true or false")
+        if batched is not None and not isinstance(batched, bool):
+            raise ConfigError("batched", batched, "true, false or null (by device)")
         self.model = model.train()
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
-        self.batched = batched and supports_batching(model)
+        self.batched = batched
+        self.batchable = supports_batching(model)
+
+    def batches(self, batch: EpisodeBatch) -> bool:
+        """Whether ``batch``'s episodes run together (see the class docstring). On a busy
+        2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured 1.5-2.5x slower than
+        the loop: a task's kernels (75 query images) already fill the CPU, and the batched
+        ones' working sets are T times larger (benchmarks/results/meta_throughput.md)."""
+        if not self.batchable or self.batched is False:
+            return False
+        return self.batched is True or batch.support_x.device.type != "cpu"
 
     # -- what a learner defines -------------------------------------------------------------
     def init_params(self) -> Params:
@@ -140,7 +152,7 @@ class MetaLearner(ABC):
 
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         """The direction in which to move ``params`` to improve adaptation on ``batch``."""
-        if self.batched:
+        if self.batches(batch):
             return self.meta_update_batched(params, batch)
         return self.meta_update_loop(params, batch)
 
@@ -165,13 +177,13 @@ class MetaLearner(ABC):
         """Per-episode query loss and accuracy before and after adapting on the support set.
 
         Returns tensors of shape ``(len(batch),)`` under ``pre_loss``, ``pre_acc``,
-        ``post_loss`` and ``post_acc`` (accuracies are NaN for regression). Batched, in
-        chunks of at most ``EVAL_IMAGES`` images; otherwise one episode at a time (on
-        Conv4, CPU, torch 2.13, a loop scores 100 5-way episodes about 6x faster than
-        ``vmap`` over them).
+        ``post_loss`` and ``post_acc`` (accuracies are NaN for regression). Batched (see
+        ``batches``), in chunks of at most ``EVAL_IMAGES`` images; otherwise one episode at
+        a time (on Conv4, CPU, torch 2.13, a loop scores 100 5-way episodes about 6x faster
+        than ``vmap`` over them).
         """
         steps = self.eval_steps if steps is None else steps
-        if self.batched:
+        if self.batches(batch):
             return self.evaluate_batched(params, batch, steps)
         with torch.no_grad():
             detached = {k: v.detach() for k, v in params.items()}
