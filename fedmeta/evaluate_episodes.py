@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -38,14 +39,15 @@ def check_class_counts(learner: MetaLearner, episodes: Mapping[str, Episode]) ->
 
 
 def score_episodes(learner: MetaLearner, params: Params, episodes: Mapping[str, Episode],
-                   steps: int | None = None) -> dict[str, np.ndarray]:
+                   steps: int | None = None,
+                   device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode ``pre_loss``, ``pre_acc``, ``post_loss`` and ``post_acc`` (float64 arrays).
 
     Each episode is adapted on its support set for ``steps`` steps (default: the learner's
     ``eval_steps``) and scored on its query set by ``learner.evaluate``. Episodes may differ
     in shape: those of one shape (support and query sizes, class count) are scored together
     (batched, see ``MetaLearner.evaluate``), and the rows come back in ``episodes``' order.
-    Checks class counts first.
+    Computes on ``device`` (each group moved there once). Checks class counts first.
     """
     if steps is not None:
         check_positive("steps", steps, integer=True)
@@ -55,12 +57,14 @@ def score_episodes(learner: MetaLearner, params: Params, episodes: Mapping[str, 
     for i, episode in enumerate(listed):
         groups[_shape(episode)].append(i)
     rows = {m: np.empty(len(listed)) for m in METRICS}
+    params = {k: v.to(device) for k, v in params.items()}
     bar = tqdm(total=len(listed), desc="episodes", unit="episode",
                disable=True if len(listed) < PROGRESS_FROM else None)
     for indices in groups.values():
-        scores = learner.evaluate(params, stack_episodes([listed[i] for i in indices]), steps)
+        batch = stack_episodes([listed[i] for i in indices]).to(device)
+        scores = learner.evaluate(params, batch, steps)
         for m in METRICS:
-            rows[m][indices] = scores[m].double().numpy()
+            rows[m][indices] = scores[m].double().cpu().numpy()
         bar.update(len(indices))
     bar.close()
     return rows

@@ -22,7 +22,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..checkpoint import Checkpoint
-from ..config import Config, from_flat
+from ..config import Config, from_flat, resolve_device
 from ..errors import ConfigError
 from ..federated import FEDERATED_ALGORITHMS
 from ..fleet import FleetRun, enabled as fleet_enabled
@@ -59,7 +59,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         torch.manual_seed(cfg.train.seed)
         model = build_model(tasks.model, **tasks.model_kwargs)
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
-    trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
+    trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer,
+                          resolve_device(cfg.train.device))
     rows: list[Row] = []
     if resume is not None and cfg.privacy.enabled:
         raise ConfigError("privacy", "on", "off for --resume: a private run's accountant "
