@@ -340,12 +340,12 @@ def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int) ->
     goals = {g: ratios[key] >= at_least for g, (key, at_least) in GOALS.items()}
     profiles = {}
     if not all(goals.values()):  # what holds the batched path back, beside the loop's
-        small = synthetic_batch(8, seed=3)
+        small = synthetic_batch(4, seed=3)
         for name in ("batched/maml", "loop/maml", "batched/fomaml", "loop/fomaml"):
-            profiles[f"{name} (8 tasks)"] = top_kernels(partial(contenders[name][1], small))
-        small_eval = synthetic_batch(25, seed=4)
+            profiles[f"{name} (4 tasks)"] = top_kernels(partial(contenders[name][1], small))
+        small_eval = synthetic_batch(10, seed=4)
         for name, fn in evals.items():
-            profiles[f"{name} (25 episodes)"] = top_kernels(partial(fn, small_eval))
+            profiles[f"{name} (10 episodes)"] = top_kernels(partial(fn, small_eval))
     return {"threads": threads, "peak_gflop_per_s": {"torch.mm_2048": mm_peak,
                                                       "onednn_gemm": dnn_peak},
             "contenders": results,
@@ -372,8 +372,15 @@ def main() -> None:
     args = parser.parse_args()
     warmup, rounds = (1, 3) if args.quick else (2, 15)
     rounds = args.rounds or rounds
-    load_before = os.getloadavg()
-    runs = [measure(int(t), args, warmup, rounds) for t in args.threads.split(",")]
+    load_before, runs = os.getloadavg(), []
+    for threads in args.threads.split(","):  # the report is rewritten after each
+        runs.append(measure(int(threads), args, warmup, rounds))
+        write(args, runs, warmup, rounds, load_before)
+
+
+def write(args: argparse.Namespace, runs: list[dict], warmup: int, rounds: int,
+          load_before: tuple[float, float, float]) -> None:
+    """Write the .json and .md report of the runs so far."""
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
