@@ -70,6 +70,17 @@ NOTES = [
     ("Peaks: torch.mm goes to MKL sgemm and convolutions to oneDNN; where the two pick "
      "different instruction sets (MKL on AMD CPUs) their peaks differ, so both are given."),
     "higher 0.2.1 runs unchanged on this torch; no workaround was needed.",
+    ("Batched on this CPU (2-core AMD EPYC, AVX2, shared): every batched step and the batched "
+     "evaluation ran slower than the per-episode loop, so every CPU goal is missed; this is why "
+     "learners loop on the CPU by default (batched=None) and batch only on a GPU. The profiles "
+     "show where: the batched step runs the same convolution FLOPs as the loop in T times fewer "
+     "calls, yet its convolution forward (grouped, T*64 channels side by side, with T times "
+     "larger weight reorders each call) and above all its batch-norm (3-4x the loop's time for "
+     "the same elements: the channels-last kernel over T*64 channels) and max-pooling take "
+     "longer. A task's kernels already see 75 query images, so on a CPU the loop is not "
+     "launch-bound and batching buys no parallelism, only T times larger working sets on a "
+     "host whose caches and memory bandwidth other jobs share. Untried here: batch-norm in "
+     "NCHW for the batched path, batching only the support set, tasks in chunks."),
     ("torch.compile is not a contender: it rejects second-order MAML (torch 2.13: "
      "'torch.compile with aot_autograd does not currently support double backward')."),
 ]
