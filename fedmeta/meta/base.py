@@ -109,10 +109,12 @@ class MetaLearner(ABC):
         self.batchable = supports_batching(model)
 
     def batches(self, batch: EpisodeBatch) -> bool:
-        """Whether ``batch``'s episodes run together (see the class docstring). On a busy
-        2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured 1.5-2.5x slower than
-        the loop: a task's kernels (75 query images) already fill the CPU, and the batched
-        ones' working sets are T times larger (benchmarks/results/meta_throughput.md)."""
+        """Whether ``batch``'s episodes run together (see the class docstring). On one
+        thread of a busy 2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured
+        1.5-2x slower than the loop: a task's kernels (75 query images) already fill one
+        core, and the batched ones' working sets are T times larger; on two threads it
+        looked faster, too noisily to make it the default
+        (benchmarks/results/meta_throughput.md)."""
         if not self.batchable or self.batched is False:
             return False
         return self.batched is True or batch.support_x.device.type != "cpu"
