@@ -70,9 +70,10 @@ NOTES = [
     ("Peaks: torch.mm goes to MKL sgemm and convolutions to oneDNN; where the two pick "
      "different instruction sets (MKL on AMD CPUs) their peaks differ, so both are given."),
     "higher 0.2.1 runs unchanged on this torch; no workaround was needed.",
-    ("Batched on this CPU (2-core AMD EPYC, AVX2, shared): every batched step and the batched "
-     "evaluation ran slower than the per-episode loop, so every CPU goal is missed; this is why "
-     "learners loop on the CPU by default (batched=None) and batch only on a GPU. The profiles "
+    ("Batched on one thread of this CPU (2-core AMD EPYC, AVX2, shared): every batched step "
+     "and the batched evaluation ran slower than the per-episode loop, so every one-thread goal "
+     "is missed; this is why learners loop on the CPU by default (batched=None; fedmeta runs "
+     "one thread per process) and batch on a GPU. The profiles (one thread) "
      "show where: the batched step runs the same convolution FLOPs as the loop in T times fewer "
      "calls, yet its convolution forward (grouped, T*64 channels side by side, with T times "
      "larger weight reorders each call) and above all its batch-norm (3-4x the loop's time for "
