@@ -14,13 +14,16 @@ import tomllib
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from .errors import ConfigError
 from . import fleet as fleet_module
 from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
+
+if TYPE_CHECKING:
+    import torch
 
 TASK_KINDS = ("sinusoid", "omniglot", "hf")
 HF_PROTOCOLS = ("few-shot", "fedmeta")  # task.protocol of kind hf (docs/data.md)
@@ -78,7 +81,8 @@ class MetaConfig:
 
 @dataclass
 class TrainConfig:
-    """Central meta-training: outer optimizer, iterations, meta-batch, evaluation."""
+    """Central meta-training: outer optimizer, iterations, meta-batch, evaluation; and
+    ``device``, where every entry point computes (``resolve_device``)."""
 
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"
@@ -86,6 +90,7 @@ class TrainConfig:
     iterations: int = 1000
     eval_episodes: int = 600
     seed: int = 0
+    device: str = AUTO  # auto | cpu | cuda | cuda:N (resolve_device)
 
 
 @dataclass
@@ -404,6 +409,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(name, [low, high], "finite [low, high] with low <= high")
     if t.amplitude[0] < 0:
         raise ConfigError("task.amplitude", list(t.amplitude), "amplitudes >= 0")
+    check_device_name(tr.device)
     _check_federation(cfg.federation)
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
@@ -723,6 +729,40 @@ def _check_fleet(cfg: Config) -> None:
     if f.policy != "wait" and f.deadline_s == 0:
         raise ConfigError("fleet.deadline_s", f.deadline_s,
                           f"a deadline > 0 for policy {f.policy!r} (or policy \"wait\")")
+
+
+def _device_choices() -> list[str]:
+    """The device names this process can use."""
+    import torch  # here, not at import: config stays light for the CLI's start-up
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = ["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []
+    return [AUTO, "cpu", *cuda]
+
+
+def check_device_name(value: str, field_name: str = "train.device") -> None:
+    """Raise ``ConfigError`` unless ``value`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (the form only: whether it exists is ``resolve_device``'s check, where it computes)."""
+    kind, colon, index = value.partition(":")
+    if value in (AUTO, "cpu", "cuda") or (kind == "cuda" and colon and index.isdigit()):
+        return
+    raise ConfigError(field_name, value, "auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(value: str, field_name: str = "train.device") -> torch.device:
+    """The ``torch.device`` a ``train.device`` setting names in this process: ``auto`` is
+    the first visible GPU if there is one (under Ray, the GPU Ray gave the worker), else the
+    CPU. An unknown or absent device is a ``ConfigError`` naming those available."""
+    import torch
+
+    check_device_name(value, field_name)
+    choices = _device_choices()
+    if value == AUTO:
+        return torch.device("cuda:0" if "cuda" in choices else "cpu")
+    if value not in choices:
+        raise ConfigError(field_name, value, f"a device of this machine: one of {choices}"
+                          + ("" if "cuda" in choices else " (no CUDA device visible)"))
+    return torch.device("cuda:0" if value == "cuda" else value)
 
 
 def _resolve_auto(f: FederationConfig) -> FederationConfig:

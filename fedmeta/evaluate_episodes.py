@@ -1,7 +1,8 @@
-"""Scoring a meta-model on given episodes of any shapes, one episode at a time."""
+"""Scoring a meta-model on given episodes of any shapes: episodes of one shape together."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
@@ -38,20 +39,36 @@ def check_class_counts(learner: MetaLearner, episodes: Mapping[str, Episode]) ->
 
 
 def score_episodes(learner: MetaLearner, params: Params, episodes: Mapping[str, Episode],
-                   steps: int | None = None) -> dict[str, np.ndarray]:
+                   steps: int | None = None,
+                   device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode ``pre_loss``, ``pre_acc``, ``post_loss`` and ``post_acc`` (float64 arrays).
 
     Each episode is adapted on its support set for ``steps`` steps (default: the learner's
-    ``eval_steps``) and scored on its query set by ``learner.evaluate``; episodes are scored
-    one by one because they may differ in shape. Checks class counts first.
+    ``eval_steps``) and scored on its query set by ``learner.evaluate``. Episodes may differ
+    in shape: those of one shape (support and query sizes, class count) are scored together
+    (batched, see ``MetaLearner.evaluate``), and the rows come back in ``episodes``' order.
+    Computes on ``device`` (each group moved there once). Checks class counts first.
     """
     if steps is not None:
         check_positive("steps", steps, integer=True)
     check_class_counts(learner, episodes)
-    rows: dict[str, list[torch.Tensor]] = {m: [] for m in METRICS}
-    for episode in tqdm(episodes.values(), desc="episodes", unit="episode",
-                        disable=True if len(episodes) < PROGRESS_FROM else None):
-        scores = learner.evaluate(params, stack_episodes([episode]), steps)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    listed = list(episodes.values())
+    for i, episode in enumerate(listed):
+        groups[_shape(episode)].append(i)
+    rows = {m: np.empty(len(listed)) for m in METRICS}
+    params = {k: v.to(device) for k, v in params.items()}
+    bar = tqdm(total=len(listed), desc="episodes", unit="episode",
+               disable=True if len(listed) < PROGRESS_FROM else None)
+    for indices in groups.values():
+        batch = stack_episodes([listed[i] for i in indices]).to(device)
+        scores = learner.evaluate(params, batch, steps)
         for m in METRICS:
-            rows[m].append(scores[m])
-    return {m: torch.cat(rows[m]).double().numpy() for m in METRICS}
+            rows[m][indices] = scores[m].double().cpu().numpy()
+        bar.update(len(indices))
+    bar.close()
+    return rows
+
+
+def _shape(episode: Episode) -> tuple:
+    return (tuple(episode.support_x.shape), tuple(episode.query_x.shape), episode.n_way)

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .checkpoint import Checkpoint
-from .config import Config, from_dict
+from .config import Config, from_dict, resolve_device
 from .errors import DataError
 from .federated import FEDERATED_ALGORITHMS, adapt_steps
 from .local_update import evaluate_device
@@ -32,13 +33,14 @@ def evaluation_rng(seed: int, partition: int) -> np.random.Generator:
 
 
 def score_device(cfg: Config, learner: MetaLearner, params: Params, source: TaskSource,
-                 partition: int, episodes: int) -> dict[str, np.ndarray]:
+                 partition: int, episodes: int,
+                 device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode scores of ``params`` adapted on ``episodes`` tasks of held-out device
-    ``partition`` (whose tasks are ``source``)."""
+    ``partition`` (whose tasks are ``source``), computed on ``device``."""
     algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
     steps = adapt_steps(algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, True)
     return evaluate_device(learner, params, source, evaluation_rng(cfg.train.seed, partition),
-                           episodes, steps)
+                           episodes, steps, device)
 
 
 def score_held_out(cfg: Config, checkpoint: Checkpoint, episodes: int) -> dict[str, float]:
@@ -46,9 +48,10 @@ def score_held_out(cfg: Config, checkpoint: Checkpoint, episodes: int) -> dict[s
     device of ``cfg``'s fleet."""
     check_positive("episodes", episodes, integer=True)
     fed, learner = cfg.federation, checkpoint.learner()
+    device = resolve_device(cfg.train.device)
     scores = [score_device(cfg, learner, checkpoint.params,
                            build_device_tasks(cfg.task, p, fed.num_devices, fed.num_held_out,
-                                              seed=cfg.train.seed), p, episodes)
+                                              seed=cfg.train.seed), p, episodes, device)
               for p in range(fed.num_train, fed.num_devices)]
     return summarize({m: np.concatenate([s[m] for s in scores]) for m in METRICS})
 

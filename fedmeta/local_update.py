@@ -4,6 +4,8 @@
 fresh meta-batches from the device's own tasks and returns the pseudo-gradient
 ``theta - theta_local``; with one step of size 1 that is exactly the learner's direction, so
 the server's optimizer step equals a central meta-training step (Chen et al. 2018).
+Computation runs on ``device`` (episodes built on the CPU, moved once per meta-batch); what
+comes back (pseudo-gradient, scores) is on the CPU, ready to send.
 """
 
 from __future__ import annotations
@@ -36,34 +38,37 @@ def _cat(batches: list[EpisodeBatch]) -> EpisodeBatch:
 def score(learner: MetaLearner, params: Params, batch: EpisodeBatch,
           steps: int) -> dict[str, np.ndarray]:
     """Per-episode pre/post-adaptation loss and accuracy (float64) after ``steps`` steps;
-    ``steps=0`` scores without adapting (post equals pre)."""
+    ``steps=0`` scores without adapting (post equals pre). ``batch`` and ``params`` share a
+    device."""
     scores = learner.evaluate(params, batch, steps)
-    return {m: scores[m].double().numpy() for m in METRICS}
+    return {m: scores[m].double().cpu().numpy() for m in METRICS}
 
 
 def local_meta_train(learner: MetaLearner, params: Params, source: TaskSource,
                      rng: np.random.Generator, steps: int, lr: float, meta_batch: int,
-                     score_steps: int) -> LocalUpdate:
+                     score_steps: int, device: torch.device | str = "cpu") -> LocalUpdate:
     """``steps`` local meta-steps from ``params``; scores are of ``params`` on those episodes.
 
     The pseudo-gradient is accumulated as ``sum lr * direction`` (equal to
     ``theta - theta_local``, without the rounding of a subtraction).
     """
-    theta = {k: v.detach() for k, v in params.items()}
+    theta = {k: v.detach().to(device) for k, v in params.items()}
     local, delta, batches = theta, {k: torch.zeros_like(v) for k, v in theta.items()}, []
     for _ in range(steps):
-        batch = stack_episodes(sample_batch(source, rng, meta_batch))
+        batch = stack_episodes(sample_batch(source, rng, meta_batch)).to(device)
         direction = learner.meta_update(local, batch).direction
         step = {k: lr * direction[k].detach() for k in theta}
         local = {k: local[k] - step[k] for k in theta}
         delta = {k: delta[k] + step[k] for k in theta}
         batches.append(batch)
-    return LocalUpdate(delta, steps * meta_batch, score(learner, theta, _cat(batches),
-                                                         score_steps))
+    return LocalUpdate({k: v.cpu() for k, v in delta.items()}, steps * meta_batch,
+                       score(learner, theta, _cat(batches), score_steps))
 
 
 def evaluate_device(learner: MetaLearner, params: Params, source: TaskSource,
                     rng: np.random.Generator, episodes: int,
-                    steps: int) -> dict[str, np.ndarray]:
-    """Per-episode scores of ``params`` adapted ``steps`` steps on ``episodes`` fresh tasks."""
-    return score(learner, params, stack_episodes(sample_batch(source, rng, episodes)), steps)
+                    steps: int, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Per-episode scores of ``params`` adapted ``steps`` steps on ``episodes`` fresh tasks,
+    computed on ``device``."""
+    batch = stack_episodes(sample_batch(source, rng, episodes)).to(device)
+    return score(learner, {k: v.to(device) for k, v in params.items()}, batch, steps)

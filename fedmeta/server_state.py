@@ -47,6 +47,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested dicts and lists) on the CPU: a state saved
+    on a GPU loads anywhere (``load_state_dict`` moves it back to the parameters' device)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 @dataclass
 class ServerState:
     """The server after ``round`` (0: the initial evaluation)."""
@@ -64,7 +76,7 @@ class ServerState:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "round": self.round, "config": self.config,
                    "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
-                   "optimizer": self.optimizer, "rng": self.rng,
+                   "optimizer": _on_cpu(self.optimizer), "rng": self.rng,
                    "rows": [dataclasses.asdict(r) for r in self.rows]}
         return torch_save_atomically(payload, path)
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..config import Config, from_flat
+from ..config import Config, from_flat, resolve_device
 from ..federated import FEDERATED_ALGORITHMS, FederatedAlgorithm, adapt_steps
 from ..fleet import FleetRun, enabled as fleet_enabled
 from ..held_out import score_device
@@ -49,6 +50,7 @@ class Device:
     algorithm: FederatedAlgorithm
     learner: MetaLearner
     source: TaskSource
+    device: torch.device  # where it computes: under Ray, the GPU Ray gave this worker
     fleet: FleetRun | None = None  # the run's fleet: this device's local plan, compression
 
 
@@ -69,7 +71,8 @@ def _device(partition: int, num_partitions: int, flat: tuple, model: str,
     source = build_device_tasks(cfg.task, partition, num_partitions,
                                 cfg.federation.num_held_out, seed=cfg.train.seed)
     fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None
-    return Device(partition, cfg, algorithm, learner, source, fleet)
+    return Device(partition, cfg, algorithm, learner, source,
+                  resolve_device(cfg.train.device), fleet)
 
 
 _FLEET: dict[tuple, FleetRun] = {}  # the run's fleet, built once per process
@@ -128,7 +131,8 @@ def train(message: Message, context: Context) -> Message:
     update = local_meta_train(
         learner, to_params(message.content[ARRAYS]), device.source, rng, steps,
         fed.local_lr, meta_batch,
-        adapt_steps(device.algorithm, learner.inner_steps, cfg.meta.eval_steps, False))
+        adapt_steps(device.algorithm, learner.inner_steps, cfg.meta.eval_steps, False),
+        device.device)
     delta = device_release(update.delta, cfg.privacy, *draw)  # noise: secret unless insecure
     if device.fleet is not None:  # what the server decodes after fleet.compression
         delta = device.fleet.encode(delta)
@@ -144,7 +148,8 @@ def evaluate(message: Message, context: Context) -> Message:
     device = device_of(message, context)
     cfg = device.cfg
     scores = score_device(cfg, device.learner, to_params(message.content[ARRAYS]),
-                          device.source, device.partition, cfg.federation.eval_episodes)
+                          device.source, device.partition, cfg.federation.eval_episodes,
+                          device.device)
     content = RecordDict({SCORES: scores_record(scores),
                           METRICS: _means(scores, cfg.federation.eval_episodes)})
     return Message(content, reply_to=message)

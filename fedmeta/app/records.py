@@ -17,8 +17,8 @@ ATTEMPT = "attempt"  # which try of a round (retried after too few good replies)
 
 
 def to_record(params: Params) -> ArrayRecord:
-    """Tensors as an ArrayRecord, in their order."""
-    return ArrayRecord.from_torch_state_dict(params)
+    """Tensors (on any device) as an ArrayRecord, in their order."""
+    return ArrayRecord.from_torch_state_dict({k: v.detach().cpu() for k, v in params.items()})
 
 
 def to_params(record: ArrayRecord) -> Params:

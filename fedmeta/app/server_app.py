@@ -31,7 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import ExitCode
 
 from ..checkpoint import Checkpoint
-from ..config import Config, from_flat
+from ..config import Config, from_flat, resolve_device
 from ..errors import ConfigError, FedmetaError
 from ..federated import FEDERATED_ALGORITHMS
 from ..fleet import FleetRun, enabled as fleet_enabled
@@ -82,7 +82,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         torch.manual_seed(cfg.train.seed)
         model = build_model(tasks.model, **tasks.model_kwargs)
     learner = build_learner(algorithm.learner, model, **learner_kwargs)
-    trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer)
+    trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer,
+                          resolve_device(cfg.train.device))
     rows: list[Row] = []
     if resume is not None:
         check_resumable(cfg)

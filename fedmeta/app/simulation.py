@@ -61,6 +61,21 @@ def backend_config(sim: SimulationConfig, verbose: bool) -> dict[str, Any]:
                           "log_to_driver": verbose}}
 
 
+def check_simulated_device(cfg: Config) -> None:
+    """``train.device`` must exist here (the server computes on it) and, if a GPU, Ray must
+    give the devices one: each device computes on the GPU (share) Ray assigns its worker
+    (``simulation.num_gpus``), which it sees as ``cuda:0``."""
+    device = config_module.resolve_device(cfg.train.device)
+    if device.type == "cuda" and cfg.simulation.num_gpus == 0:
+        raise ConfigError("train.device", cfg.train.device,
+                          "auto or cpu with simulation.num_gpus = 0 (Ray gives the devices no "
+                          "GPU); or set simulation.num_gpus, e.g. 0.125 for 8 devices a GPU")
+    if cfg.train.device.startswith("cuda:") and cfg.train.device != "cuda:0":
+        raise ConfigError("train.device", cfg.train.device,
+                          "auto, cpu, cuda or cuda:0 in a simulation (a Ray worker sees only "
+                          "the GPU Ray gave it, as cuda:0)")
+
+
 @contextmanager
 def _flower_logs(verbose: bool) -> Iterator[None]:
     """Flower's logs at ERROR (ours at WARNING: dropped replies) unless ``verbose``."""
@@ -95,12 +110,13 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     """
     cfg = as_config(config)
     fed = cfg.federation
-    if resume is not None and resume.config != cfg.to_dict():
+    if resume is not None and config_module.from_dict(resume.config).to_dict() != cfg.to_dict():
         raise ConfigError("resume", "a server state of another config",
                           "the config the run started with (its server_state.pt holds it)")
     if resume is not None:
         check_resumable(cfg)
     backend = backend_config(cfg.simulation, verbose)
+    check_simulated_device(cfg)
     check_fleet_tasks(cfg.task, fed.num_devices, fed.num_held_out, cfg.train.seed)
     if out is not None and resume is None:
         claim(Path(out), overwrite)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import Checkpoint
+from ..config import resolve_device
 from ..errors import DataError
 from ..evaluate_episodes import score_episodes
 from ..meta import ProtoNet
@@ -41,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="adaptation steps (default: the checkpoint's eval_steps)")
     parser.add_argument("--per-episode", type=Path, metavar="FILE.csv",
                         help="also write one CSV row of scores per episode")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="where to compute: auto (a GPU if visible, else the CPU), cpu, "
+                             "cuda or cuda:N (default: auto)")
     parser.set_defaults(func=run)
 
 
@@ -52,6 +56,7 @@ def _finite(value: float) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary of the checkpoint's scores on the episodes as one JSON line."""
+    device = resolve_device(args.device, "--device")
     checkpoint = Checkpoint.load(args.checkpoint)
     if checkpoint.model != "conv4" or checkpoint.model_kwargs.get("in_channels", 1) != 1:
         raise DataError(f"checkpoint {args.checkpoint}: its {checkpoint.model!r} model does not "
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     learner = checkpoint.learner()
     data = read_image_episodes(args.episodes)
     steps = learner.eval_steps if args.steps is None else args.steps
-    scores = score_episodes(learner, checkpoint.params, data.episodes, steps)
+    scores = score_episodes(learner, checkpoint.params, data.episodes, steps, device)
     summary = summarize(scores)
     result = {key: _finite(summary.get(metric, math.nan)) for key, metric in SUMMARY.items()}
     result |= {"episodes": len(data),

@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 from torch.func import functional_call, grad
 
-from .base import Params, task_loss
+from ..models.batched import batched_call
+from .base import Params, task_loss, task_losses
 from .maml import MAML
 
 
@@ -30,5 +31,15 @@ class ANIL(MAML):
         for _ in range(self.inner_steps if steps is None else steps):
             g = grad(lambda h: task_loss(functional_call(self.model.head, h, (features,)),
                                          support_y))(head)
+            head = {k: head[k] - self.inner_lr * g[k] for k in head}
+        return params | {"head." + k: v for k, v in head.items()}
+
+    def adapt_many(self, params: Params, support_x: Tensor, support_y: Tensor,
+                   steps: int | None = None) -> Params:
+        features = batched_call(self.model.body, _sub(params, "body."), support_x)
+        head = _sub(params, "head.")
+        for _ in range(self.inner_steps if steps is None else steps):
+            g = grad(lambda h: task_losses(batched_call(self.model.head, h, features),
+                                           support_y).sum())(head)
             head = {k: head[k] - self.inner_lr * g[k] for k in head}
         return params | {"head." + k: v for k, v in head.items()}

@@ -17,9 +17,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from ..errors import ConfigError
+from ..models.batched import batched_call, expand_params, supports_batching
 from ..tasks.episode import EpisodeBatch
 
 Params = dict[str, Tensor]
+
+EVAL_IMAGES = 2048
+"""Images (support plus query, all tasks) per batched evaluation call: bounds its memory
+(about 1 GB of activations for Conv4 on 28x28 images)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,22 @@ def task_accuracy(output: Tensor, target: Tensor) -> Tensor:
     return torch.full((), math.nan, dtype=output.dtype)
 
 
+def task_losses(output: Tensor, target: Tensor) -> Tensor:
+    """``task_loss`` of each task of ``(T, n, ...)`` outputs and targets: shape ``(T,)``."""
+    if target.dtype == torch.int64:
+        return F.cross_entropy(output.flatten(0, 1), target.flatten(),
+                               reduction="none").view(target.shape).mean(1)
+    return (output - target).pow(2).flatten(1).mean(1)
+
+
+def task_accuracies(output: Tensor, target: Tensor) -> Tensor:
+    """``task_accuracy`` of each task of ``(T, n, ...)`` outputs and targets: ``(T,)``."""
+    if target.dtype == torch.int64:
+        return (output.argmax(-1) == target).to(output.dtype).mean(1)
+    return torch.full(target.shape[:1], math.nan, dtype=output.dtype,
+                      device=output.device)
+
+
 def check_positive(field: str, value: float | int, integer: bool = False) -> None:
     """Raise ``ConfigError`` unless ``value`` is a positive number (an int if ``integer``)."""
     kind = "a positive integer" if integer else "a positive number"
@@ -61,20 +82,42 @@ class MetaLearner(ABC):
 
     ``inner_lr`` and ``inner_steps`` define the adaptation on a support set; ``eval_steps``
     (default ``inner_steps``) is how many steps evaluation adapts for.
+
+    ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
+    tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
+    ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
+    against), or ``None`` (default): together where the episodes are on an accelerator, one
+    at a time on the CPU, where the loop was measured faster (see ``batches``). Models that
+    ``supports_batching`` rejects always run one episode at a time.
     """
 
     name: str = ""
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
-                 eval_steps: int | None = None) -> None:
+                 eval_steps: int | None = None, batched: bool | None = None) -> None:
         check_positive("inner_lr", inner_lr)
         check_positive("inner_steps", inner_steps, integer=True)
         if eval_steps is not None:
             check_positive("eval_steps", eval_steps, integer=True)
+        if batched is not None and not isinstance(batched, bool):
+            raise ConfigError("batched", batched, "true, false or null (by device)")
         self.model = model.train()
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
+        self.batched = batched
+        self.batchable = supports_batching(model)
+
+    def batches(self, batch: EpisodeBatch) -> bool:
+        """Whether ``batch``'s episodes run together (see the class docstring). On one
+        thread of a busy 2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured
+        1.5-2x slower than the loop: a task's kernels (75 query images) already fill one
+        core, and the batched ones' working sets are T times larger; on two threads it
+        looked faster, too noisily to make it the default
+        (benchmarks/results/meta_throughput.md)."""
+        if not self.batchable or self.batched is False:
+            return False
+        return self.batched is True or batch.support_x.device.type != "cpu"
 
     # -- what a learner defines -------------------------------------------------------------
     def init_params(self) -> Params:
@@ -94,13 +137,38 @@ class MetaLearner(ABC):
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
-    @abstractmethod
+    def predict_many(self, params: Params, x: Tensor) -> Tensor:
+        """``predict`` for every task at once: ``params`` and ``x`` lead with the task."""
+        return batched_call(self.model, params, x)
+
+    def adapt_many(self, params: Params, support_x: Tensor, support_y: Tensor,
+                   steps: int | None = None) -> Params:
+        """``adapt`` for every task at once: the sum of the tasks' support losses has, per
+        task, exactly that task's gradient."""
+        fast = params
+        for _ in range(self.inner_steps if steps is None else steps):
+            g = grad(lambda p: task_losses(self.predict_many(p, support_x),
+                                           support_y).sum())(fast)
+            fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
+        return fast
+
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         """The direction in which to move ``params`` to improve adaptation on ``batch``."""
+        if self.batches(batch):
+            return self.meta_update_batched(params, batch)
+        return self.meta_update_loop(params, batch)
+
+    @abstractmethod
+    def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        """``meta_update`` one episode at a time (the reference)."""
+
+    @abstractmethod
+    def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        """``meta_update`` with all episodes together (parameters with a task dimension)."""
 
     # -- evaluation, the same for every learner ---------------------------------------------
     def _scores(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
-                steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                steps: int, n_way: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         before = self.predict(params, qx)
         after = self.predict(self.adapt(params, sx, sy, steps), qx)
         return (task_loss(before, qy), task_accuracy(before, qy),
@@ -111,15 +179,41 @@ class MetaLearner(ABC):
         """Per-episode query loss and accuracy before and after adapting on the support set.
 
         Returns tensors of shape ``(len(batch),)`` under ``pre_loss``, ``pre_acc``,
-        ``post_loss`` and ``post_acc`` (accuracies are NaN for regression). Episodes run one
-        at a time: on Conv4 (CPU, torch 2.13) a loop scores 100 5-way episodes about 6x
-        faster than ``vmap`` over them.
+        ``post_loss`` and ``post_acc`` (accuracies are NaN for regression). Batched (see
+        ``batches``), in chunks of at most ``EVAL_IMAGES`` images; otherwise one episode at
+        a time (on Conv4, CPU, torch 2.13, a loop scores 100 5-way episodes about 6x faster
+        than ``vmap`` over them).
         """
         steps = self.eval_steps if steps is None else steps
+        if self.batches(batch):
+            return self.evaluate_batched(params, batch, steps)
         with torch.no_grad():
             detached = {k: v.detach() for k, v in params.items()}
             per_episode = [self._scores(detached, batch.support_x[i], batch.support_y[i],
-                                        batch.query_x[i], batch.query_y[i], steps)
+                                        batch.query_x[i], batch.query_y[i], steps, batch.n_way)
                            for i in range(len(batch))]
         return dict(zip(("pre_loss", "pre_acc", "post_loss", "post_acc"),
                         (torch.stack(s) for s in zip(*per_episode))))
+
+    def _scores_many(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                     steps: int, n_way: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        tasks = expand_params(params, sx.shape[0])
+        before = self.predict_many(tasks, qx)
+        after = self.predict_many(self.adapt_many(tasks, sx, sy, steps), qx)
+        return (task_losses(before, qy), task_accuracies(before, qy),
+                task_losses(after, qy), task_accuracies(after, qy))
+
+    def evaluate_batched(self, params: Params, batch: EpisodeBatch,
+                         steps: int) -> dict[str, Tensor]:
+        """``evaluate`` with the episodes together, ``EVAL_IMAGES`` images at a time."""
+        per_task = batch.support_x.shape[1] + batch.query_x.shape[1]
+        chunk = max(1, EVAL_IMAGES // per_task)
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in params.items()}
+            parts = [self._scores_many(detached, batch.support_x[i:i + chunk],
+                                       batch.support_y[i:i + chunk],
+                                       batch.query_x[i:i + chunk],
+                                       batch.query_y[i:i + chunk], steps, batch.n_way)
+                     for i in range(0, len(batch), chunk)]
+        return dict(zip(("pre_loss", "pre_acc", "post_loss", "post_acc"),
+                        (torch.cat(s) for s in zip(*parts))))

@@ -25,17 +25,21 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
 
 def evaluate_source(learner: MetaLearner, params: Params, source: TaskSource,
                     episodes: int = 600, batch_size: int = 50, seed: int = 0,
-                    steps: int | None = None) -> dict[str, np.ndarray]:
-    """Per-episode pre/post-adaptation loss and accuracy on ``episodes`` fresh episodes."""
+                    steps: int | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Per-episode pre/post-adaptation loss and accuracy on ``episodes`` fresh episodes,
+    computed on ``device`` (episodes drawn on the CPU, moved once per batch)."""
     check_positive("episodes", episodes, integer=True)
     check_positive("batch_size", batch_size, integer=True)
     rng = np.random.default_rng(seed)
     chunks: dict[str, list[torch.Tensor]] = {m: [] for m in METRICS}
+    params = {k: v.to(device) for k, v in params.items()}
     for start in range(0, episodes, batch_size):
         n = min(batch_size, episodes - start)
-        scores = learner.evaluate(params, stack_episodes(sample_batch(source, rng, n)), steps)
+        batch = stack_episodes(sample_batch(source, rng, n)).to(device)
+        scores = learner.evaluate(params, batch, steps)
         for m in METRICS:
-            chunks[m].append(scores[m])
+            chunks[m].append(scores[m].cpu())
     return {m: torch.cat(chunks[m]).double().numpy() for m in METRICS}
 
 

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from ..tasks.episode import EpisodeBatch
-from .base import MetaUpdate, Params, task_accuracy, task_loss
+from ..models.batched import expand_params
+from .base import (MetaUpdate, Params, task_accuracies, task_accuracy, task_loss,
+                   task_losses)
 from .maml import MAML, Aux, _metrics, autograd_grad, mean_over_tasks
 
 
@@ -23,7 +25,7 @@ class FirstOrderMAML(MAML):
 
     name = "fomaml"
 
-    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+    def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         detached = {k: v.detach() for k, v in params.items()}
 
         def query_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
@@ -38,4 +40,20 @@ class FirstOrderMAML(MAML):
             return autograd_grad(query_loss, fast)
 
         direction, losses, accs = mean_over_tasks(query_grad, batch)
+        return MetaUpdate(direction, _metrics(losses, accs))
+
+    def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        detached = {k: v.detach() for k, v in params.items()}
+        with torch.no_grad():
+            fast = self.adapt_many(expand_params(detached, len(batch)), batch.support_x,
+                                   batch.support_y)
+
+        def query_loss(p: Params) -> tuple[Tensor, Aux]:
+            out = self.predict_many(p, batch.query_x)
+            losses = task_losses(out, batch.query_y)
+            return losses.sum(), (losses.detach(),
+                                  task_accuracies(out, batch.query_y).detach())
+
+        per_task, (losses, accs) = autograd_grad(query_loss, fast)
+        direction = {k: g.sum(0) / len(batch) for k, g in per_task.items()}
         return MetaUpdate(direction, _metrics(losses, accs))

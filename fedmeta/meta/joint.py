@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 from ..tasks.episode import EpisodeBatch
-from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
+from ..models.batched import expand_params
+from .base import (MetaLearner, MetaUpdate, Params, task_accuracies, task_accuracy,
+                   task_loss, task_losses)
 from .maml import _metrics, autograd_grad, mean_over_tasks
 
 
@@ -20,7 +22,7 @@ class JointTraining(MetaLearner):
 
     name = "joint"
 
-    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+    def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         def task_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
             def loss(p: Params):
                 out = self.predict(p, torch.cat([sx, qx]))
@@ -31,4 +33,16 @@ class JointTraining(MetaLearner):
             return autograd_grad(loss, params)
 
         direction, losses, accs = mean_over_tasks(task_grad, batch)
+        return MetaUpdate(direction, _metrics(losses, accs))
+
+    def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        x = torch.cat([batch.support_x, batch.query_x], dim=1)
+        y = torch.cat([batch.support_y, batch.query_y], dim=1)
+
+        def mean_loss(p: Params):
+            out = self.predict_many(expand_params(p, len(batch)), x)
+            losses = task_losses(out, y)
+            return losses.mean(), (losses.detach(), task_accuracies(out, y).detach())
+
+        direction, (losses, accs) = autograd_grad(mean_loss, params)
         return MetaUpdate(direction, _metrics(losses, accs))

@@ -7,7 +7,9 @@ For tasks ``T_i`` with support ``S_i`` and query ``Q_i`` and inner step size ``a
 
 The outer gradient flows through the inner updates, Hessian-vector products included:
 the inner steps are ``torch.func.grad`` with its graph kept, the outer gradient is taken
-through them by ``torch.autograd`` (see ``autograd_grad``), one task at a time.
+through them by ``torch.autograd`` (see ``autograd_grad``), for all tasks at once
+(``meta_update_batched``: ``theta`` expanded to every task, the gradient of the mean query
+loss) or one task at a time (``meta_update_loop``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from torch import Tensor
 
 from ..tasks.episode import EpisodeBatch
-from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
+from ..models.batched import expand_params
+from .base import (MetaLearner, MetaUpdate, Params, task_accuracies, task_accuracy,
+                   task_loss, task_losses)
 
 Aux = tuple[Tensor, Tensor]
 TaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Params, Aux]]
@@ -74,11 +78,23 @@ class MAML(MetaLearner):
         loss = task_loss(out, qy)
         return loss, (loss.detach(), task_accuracy(out, qy).detach())
 
-    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+    def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         def task_grad(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
             return autograd_grad(lambda p: self._query_loss(p, sx, sy, qx, qy), params)
 
         direction, losses, accs = mean_over_tasks(task_grad, batch)
+        return MetaUpdate(direction, _metrics(losses, accs))
+
+    def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        def mean_query_loss(p: Params) -> tuple[Tensor, Aux]:
+            fast = self.adapt_many(expand_params(p, len(batch)), batch.support_x,
+                                   batch.support_y)
+            out = self.predict_many(fast, batch.query_x)
+            losses = task_losses(out, batch.query_y)
+            return losses.mean(), (losses.detach(),
+                                   task_accuracies(out, batch.query_y).detach())
+
+        direction, (losses, accs) = autograd_grad(mean_query_loss, params)
         return MetaUpdate(direction, _metrics(losses, accs))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.func import grad
 
-from .base import Params, task_loss
+from .base import Params, task_loss, task_losses
 from .maml import MAML
 
 LR_PREFIX = "inner_lr."
@@ -39,5 +39,18 @@ class MetaSGD(MAML):
         for _ in range(self.inner_steps if steps is None else steps):
             g = grad(lambda p: task_loss(super(MetaSGD, self).predict(p, support_x),
                                          support_y))(weights)
+            weights = {k: weights[k] - params[LR_PREFIX + k] * g[k] for k in weights}
+        return weights
+
+    def predict_many(self, params: Params, x: Tensor) -> Tensor:
+        weights = {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
+        return super().predict_many(weights, x)
+
+    def adapt_many(self, params: Params, support_x: Tensor, support_y: Tensor,
+                   steps: int | None = None) -> Params:
+        weights = {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
+        for _ in range(self.inner_steps if steps is None else steps):
+            g = grad(lambda p: task_losses(super(MetaSGD, self).predict_many(p, support_x),
+                                           support_y).sum())(weights)
             weights = {k: weights[k] - params[LR_PREFIX + k] * g[k] for k in weights}
         return weights

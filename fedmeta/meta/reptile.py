@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from ..tasks.episode import EpisodeBatch
-from .base import MetaLearner, MetaUpdate, Params, task_accuracy, task_loss
+from ..models.batched import expand_params
+from .base import (MetaLearner, MetaUpdate, Params, task_accuracies, task_accuracy,
+                   task_loss, task_losses)
 from .maml import Aux, _metrics, mean_over_tasks
 
 
@@ -24,7 +26,7 @@ class Reptile(MetaLearner):
 
     name = "reptile"
 
-    def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+    def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         detached = {k: v.detach() for k, v in params.items()}
 
         def adapted(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Params, Aux]:
@@ -35,4 +37,14 @@ class Reptile(MetaLearner):
 
         mean_fast, losses, accs = mean_over_tasks(adapted, batch)
         direction = {k: detached[k] - mean_fast[k] for k in detached}
+        return MetaUpdate(direction, _metrics(losses, accs))
+
+    def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
+        detached = {k: v.detach() for k, v in params.items()}
+        with torch.no_grad():
+            fast = self.adapt_many(expand_params(detached, len(batch)), batch.support_x,
+                                   batch.support_y)
+            out = self.predict_many(fast, batch.query_x)
+            losses, accs = task_losses(out, batch.query_y), task_accuracies(out, batch.query_y)
+        direction = {k: detached[k] - fast[k].sum(0) / len(batch) for k in detached}
         return MetaUpdate(direction, _metrics(losses, accs))

@@ -26,18 +26,23 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
 
 
 class MetaTrainer:
-    """Meta-trains ``learner``'s parameters with an outer optimizer (Adam or SGD)."""
+    """Meta-trains ``learner``'s parameters with an outer optimizer (Adam or SGD).
+
+    Parameters and optimizer live on ``device``; episodes are built on the CPU and moved
+    there once per meta-batch.
+    """
 
     def __init__(self, learner: MetaLearner, meta_lr: float = 1e-3,
-                 optimizer: str = "adam") -> None:
+                 optimizer: str = "adam", device: torch.device | str = "cpu") -> None:
         self.learner = learner
-        self.params = learner.init_params()
+        self.device = torch.device(device)
+        self.params = {k: v.to(self.device) for k, v in learner.init_params().items()}
         self.optimizer = make_optimizer(optimizer, list(self.params.values()), meta_lr)
 
     def step(self, update: MetaUpdate) -> None:
-        """Apply one meta-update's direction with the outer optimizer."""
+        """Apply one meta-update's direction (moved to ``device``) with the outer optimizer."""
         for k, p in self.params.items():
-            p.grad = update.direction[k].detach()
+            p.grad = update.direction[k].detach().to(p.device)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -56,7 +61,7 @@ class MetaTrainer:
         bar = tqdm(range(iterations), desc=f"meta-train {self.learner.name}",
                    disable=not progress, dynamic_ncols=True)
         for it in bar:
-            batch = stack_episodes(sample_batch(source, rng, meta_batch))
+            batch = stack_episodes(sample_batch(source, rng, meta_batch)).to(self.device)
             update = self.learner.meta_update(self.params, batch)
             self.step(update)
             bar.set_postfix(update.metrics, refresh=False)

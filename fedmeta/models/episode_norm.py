@@ -16,9 +16,10 @@ class EpisodeBatchNorm2d(nn.Module):
     than with the same maths in elementwise tensor operations (CPU, torch 2.13).
 
     Under ``torch.func.vmap`` the native kernel's *second* derivative is wrong (torch 2.13,
-    ~1% off on the convolution weights; first derivatives are exact), so learners that
-    differentiate through adaptation (MAML, ANIL, Meta-SGD) loop over tasks instead of
-    vmapping; ``tests/test_meta_gradients.py`` checks them against double backward.
+    ~1% off on the convolution weights; first derivatives are exact), so learners either
+    loop over tasks or batch them explicitly (``fedmeta.models.batched``: the tasks'
+    channels side by side, one native call with per-task statistics);
+    ``tests/test_meta_gradients.py`` and ``tests/test_batched.py`` check both.
     Parameter names match ``nn.BatchNorm2d`` (``weight``, ``bias``).
     """
 

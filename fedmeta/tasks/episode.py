@@ -46,6 +46,11 @@ class EpisodeBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def to(self, device: torch.device | str) -> "EpisodeBatch":
+        """The batch on ``device`` (one transfer per tensor; itself if already there)."""
+        return EpisodeBatch(self.support_x.to(device), self.support_y.to(device),
+                            self.query_x.to(device), self.query_y.to(device), self.n_way)
+
 
 def stack_episodes(episodes: Sequence[Episode]) -> EpisodeBatch:
     """Stack episodes that share N-way, shot and query counts into one batch."""
