@@ -23,7 +23,7 @@ def train_and_evaluate(cfg: Config, checkpoint: Path | None = None,
     summary: algorithm, iterations, wall time, and the held-out
     pre/post-adaptation loss (and accuracy) with 95% confidence intervals.
     """
-    if cfg.task.kind == "hf" and cfg.task.protocol == "fedmeta":
+    if cfg.task.kind in ("hf", "hf-text") and cfg.task.protocol == "fedmeta":
         raise ConfigError("task.protocol", cfg.task.protocol,
                           "\"few-shot\" for central training; the FedMeta protocol (each "
                           "device its own task) is federated: fedmeta run")

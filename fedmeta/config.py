@@ -25,7 +25,7 @@ from .meta.trainer import OPTIMIZERS
 if TYPE_CHECKING:
     import torch
 
-TASK_KINDS = ("sinusoid", "omniglot", "hf")
+TASK_KINDS = ("sinusoid", "omniglot", "hf", "hf-text")
 HF_PROTOCOLS = ("few-shot", "fedmeta")  # task.protocol of kind hf (docs/data.md)
 AUTO = "auto"  # a federation field that takes its algorithm's default
 PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
@@ -67,6 +67,9 @@ class TaskConfig:
     protocol: str = "few-shot"  # hf: "few-shot" (N-way K-shot) or "fedmeta" (device = task)
     support_fraction: float = 0.2  # protocol fedmeta: support share of a device's images
     min_device_images: int = 10  # protocol fedmeta: fewer and a natural-id device is left out
+    # kind "hf-text" (fedmeta.tasks.hf_text, docs/data.md): next-character prediction, FedMeta
+    # protocol, with the fields above (label_column: the next character; partition_by: a column)
+    text_column: str = "x"  # the 80-character window
 
 
 @dataclass
@@ -359,7 +362,8 @@ MAXIMA: dict[str, int | float] = {
 MEMORY_SHARE = 0.5  # of this machine's memory, the most one episode's estimate may take
 # Activation floats one sample keeps per forward pass (a rough upper estimate): the MLP's
 # 1-40-40-1 with ReLUs; Conv4's 64 channels x (conv, norm, ReLU) over 28, 14, 7 and 3 pixels.
-ACTIVATIONS = {"sinusoid": 4 * 40 + 2, "omniglot": 3 * 64 * (28**2 + 14**2 + 7**2 + 3**2)}
+ACTIVATIONS = {"sinusoid": 4 * 40 + 2, "omniglot": 3 * 64 * (28**2 + 14**2 + 7**2 + 3**2),
+               "hf-text": 80 * 2 * 7 * 256}  # hf-text: 80 steps, 2 layers, gates c h of 256
 IMAGE_KINDS = ("omniglot", "hf")  # 28x28 images through Conv4 (hf's fedmeta protocol: its
 # episode is a whole device, whose size the config does not give; estimated as few-shot)
 
@@ -395,6 +399,7 @@ def _check(cfg: Config) -> None:
                           f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
                           f"n_way of its characters)")
     _check_hf(t)
+    _check_hf_text(t)
     if t.kind in ("omniglot", "hf") and t.n_way < 2:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
@@ -491,6 +496,31 @@ def _check_hf(t: TaskConfig) -> None:
         raise ConfigError("task.device_classes", t.device_classes,
                           f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
                           f"n_way of its classes)")
+
+
+def _check_hf_text(t: TaskConfig) -> None:
+    """The ``hf-text`` task: FedMeta protocol over a natural id column; whether the columns
+    exist and hold strings is checked on the data (``fedmeta.tasks.hf_text``)."""
+    if t.kind != "hf-text":
+        return
+    for name in ("dataset", "split", "text_column", "label_column", "partition_by"):
+        if not getattr(t, name).strip():
+            raise ConfigError(f"task.{name}", getattr(t, name), "a non-empty name")
+    if t.label_column == t.text_column:
+        raise ConfigError("task.label_column", t.label_column,
+                          f"a column other than task.text_column={t.text_column!r}")
+    if t.partition_by in ("dirichlet", "pathological", t.text_column, t.label_column):
+        raise ConfigError("task.partition_by", t.partition_by,
+                          "a natural id column (flwrlabs/shakespeare: \"character_id\") other "
+                          "than the text and label columns")
+    if t.protocol != "fedmeta":
+        raise ConfigError("task.protocol", t.protocol,
+                          "\"fedmeta\" for kind hf-text (each device is a task)")
+    if not 0.0 < t.support_fraction < 1.0:
+        raise ConfigError("task.support_fraction", t.support_fraction, "a number in (0, 1)")
+    if t.min_device_images < 2:
+        raise ConfigError("task.min_device_images", t.min_device_images,
+                          "an integer >= 2 (a support and a query sample)")
 
 
 def _check_federation(f: FederationConfig) -> None:

@@ -88,3 +88,39 @@ def write_femnist(folder: Path, writers: Sequence[tuple[str, Sequence[int], int]
                   seed: int = 0) -> Path:
     """A FEMNIST-shaped dataset of ``writers`` under ``folder``."""
     return write_dataset(folder, femnist_rows(writers, seed), femnist_features())
+
+
+# ``flwrlabs/shakespeare`` (LEAF Shakespeare by role): ``character_id`` (string, the role),
+# ``x`` (string, an 80-character window of its lines), ``y`` (string, the next character).
+SHAKESPEARE_LINES = ("To be, or not to be: that is the question. ",
+                     "Now is the winter of our discontent made glorious summer. ",
+                     "All the world's a stage, and all the men and women merely players. ",
+                     "If music be the food of love, play on; give me excess of it. ")
+
+
+def shakespeare_features():
+    from datasets import Features, Value
+    return Features({"character_id": Value("string"), "x": Value("string"),
+                     "y": Value("string")})
+
+
+def shakespeare_rows(roles: Sequence[tuple[str, int]], seed: int = 0) -> dict[str, list]:
+    """Rows for roles ``(character_id, samples)``: windows of a role's line repeated (one of
+    ``SHAKESPEARE_LINES``, by role number) from random offsets, so the next character is
+    learnable; shuffled."""
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {"character_id": [], "x": [], "y": []}
+    for number, (role, samples) in enumerate(roles):
+        line = SHAKESPEARE_LINES[number % len(SHAKESPEARE_LINES)]
+        text = line * (200 // len(line) + 2)
+        for start in rng.integers(0, len(line), size=samples):
+            rows["character_id"].append(role)
+            rows["x"].append(text[start:start + 80])
+            rows["y"].append(text[start + 80])
+    order = rng.permutation(len(rows["x"]))
+    return {k: [v[i] for i in order] for k, v in rows.items()}
+
+
+def write_shakespeare(folder: Path, roles: Sequence[tuple[str, int]], seed: int = 0) -> Path:
+    """A Shakespeare-shaped dataset of ``roles`` under ``folder``."""
+    return write_dataset(folder, shakespeare_rows(roles, seed), shakespeare_features())

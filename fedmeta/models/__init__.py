@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from .char_lstm import CharLSTM
 from .conv4 import Conv4
 from .femnist_cnn import FemnistCNN
 from .mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "femnist-cnn": FemnistCNN}
+MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "femnist-cnn": FemnistCNN,
+                                   "lstm": CharLSTM}
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
@@ -19,4 +21,4 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["Conv4", "FemnistCNN", "MLP", "MODELS", "build_model"]
+__all__ = ["CharLSTM", "Conv4", "FemnistCNN", "MLP", "MODELS", "build_model"]

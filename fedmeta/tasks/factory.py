@@ -13,6 +13,7 @@ from .episode import TaskSource
 from .device_split import DeviceSplitSource
 from .fewshot import FewShotTaskSource
 from .hf_images import HFFleet, load_fleet
+from .hf_text import TextFleet, TextSplitSource, load_text_fleet
 from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
 from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
 from .sinusoid import SinusoidTasks
@@ -43,6 +44,8 @@ def build_tasks(task: Any, seed: int = 0, fleet: tuple[int, int] | None = None) 
     """
     if task.kind == "hf":
         return _hf_tasks(task, seed, fleet)
+    if task.kind == "hf-text":
+        return _text_tasks(task, seed, fleet)
     if task.kind == "sinusoid":
         source = _sinusoid(task)
         info = {"kind": "sinusoid", "k_shot": task.k_shot, "q_query": task.q_query,
@@ -92,6 +95,8 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
     if task.kind == "hf":
         return _hf_source(task, _hf_fleet(task, num_devices, seed), device,
                           device >= num_devices - num_held_out)
+    if task.kind == "hf-text":
+        return _text_source(task, _text_fleet(task, num_devices, seed), device)
     held_out = device >= num_devices - num_held_out
     group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
         else (device, num_devices - num_held_out)
@@ -112,6 +117,11 @@ def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int 
                               f"raise task.dirichlet_alpha / task.device_classes")
         for device in range(num_devices):
             _hf_source(task, fleet, device, device >= num_devices - num_held_out)
+        return
+    if task.kind == "hf-text":
+        fleet = _text_fleet(task, num_devices, seed)
+        for device in range(num_devices):
+            _text_source(task, fleet, device)
         return
     if task.kind != "sinusoid":  # sampled: every device draws alike, so one shows for all
         one = 0 if task.partition == "sampled" else None
@@ -230,3 +240,46 @@ def _hf_pooled(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bool
     except DataError as exc:
         raise ConfigError("task.partition_by", task.partition_by,
                           f"devices that form episodes, but {what} cannot: {exc}") from None
+
+
+_TEXT_FLEETS: dict[tuple, TextFleet] = {}  # the last text fleets built in this process
+
+
+def _text_fleet(task: Any, num_devices: int, seed: int) -> TextFleet:
+    """``hf_text.load_text_fleet``, kept in memory for the next device of this process."""
+    key = (tuple(getattr(task, f) for f in ("dataset", "split", "text_column", "label_column",
+                                              "partition_by", "support_fraction",
+                                              "min_device_images")), num_devices, seed)
+    if key not in _TEXT_FLEETS:
+        if len(_TEXT_FLEETS) >= 2:
+            _TEXT_FLEETS.pop(next(iter(_TEXT_FLEETS)))
+        _TEXT_FLEETS[key] = load_text_fleet(task, num_devices, seed)
+    return _TEXT_FLEETS[key]
+
+
+def _text_source(task: Any, fleet: TextFleet, device: int) -> TextSplitSource:
+    """Device ``device``'s FedMeta-protocol source over its own text samples."""
+    x, y = fleet.device(device)
+    try:
+        return TextSplitSource(x, y, task.support_fraction)
+    except DataError as exc:
+        raise ConfigError("task.support_fraction", task.support_fraction,
+                          f"a share that splits every device, but device {device} "
+                          f"({task.partition_by} {fleet.names[device]}) has {len(y)} "
+                          f"samples: {exc}") from None
+
+
+def _text_tasks(task: Any, seed: int, fleet: tuple[int, int] | None) -> Tasks:
+    """The first training and first held-out device's sources, the character LSTM."""
+    if fleet is None:
+        raise ConfigError("task.kind", task.kind, "a kind whose data needs no fleet here "
+                          "(hf-text data is split by devices: pass num_devices, num_held_out)")
+    num_devices, num_held_out = fleet
+    data = _text_fleet(task, num_devices, seed)
+    train = num_devices - num_held_out
+    info = {"kind": "hf-text", "dataset": task.dataset, "split": task.split,
+            "partition_by": task.partition_by, "protocol": "fedmeta",
+            "support_fraction": task.support_fraction, "num_classes": 80,
+            "devices": num_devices, "eligible_partitions": data.eligible,
+            "partitions": data.partitions, "held_out": data.names[train:]}
+    return Tasks(_text_source(task, data, 0), _text_source(task, data, train), "lstm", {}, info)

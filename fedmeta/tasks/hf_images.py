@@ -110,9 +110,10 @@ def federated_dataset(task: Any, num_devices: int, seed: int) -> Any:
                             shuffle=False)
 
 
-def load_split(fds: Any, task: Any) -> Any:
-    """The split to partition, its schema checked; a missing dataset or split is a
-    ``ConfigError`` naming ``task.dataset`` or ``task.split``."""
+def load_split(fds: Any, task: Any, check: Any = None) -> Any:
+    """The split to partition, its schema checked (by ``check``, default ``check_schema``);
+    a missing dataset or split is a ``ConfigError`` naming ``task.dataset`` or
+    ``task.split``."""
     from datasets.exceptions import DatasetsError
     try:
         split = fds.load_split(task.split)
@@ -131,7 +132,7 @@ def load_split(fds: Any, task: Any) -> Any:
                           f"a Hugging Face dataset name (needs the network, or the hub "
                           f"cache) or a local folder of its files ({type(exc).__name__}: "
                           f"{exc})") from None
-    check_schema(split.features, task)
+    (check or check_schema)(split.features, task)
     if len(split) == 0:
         raise ConfigError("task.split", task.split, f"a split with rows; {task.dataset}'s "
                                                     f"{task.split} is empty")
