@@ -214,3 +214,25 @@ def test_lstm_meta_trains_on_the_fixture(shakespeare: Path) -> None:
                                                               progress=False)
     after = learner.evaluate(params, batch, steps=1)["post_loss"].mean()
     assert after < before - 0.5, (before, after)
+
+
+@pytest.mark.slow  # one Ray run of the 820k-parameter LSTM, second order: a minute or more
+def test_fedmeta_run_with_the_lstm_runs_end_to_end(shakespeare: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"""[task]\nkind = "hf-text"\ndataset = "{shakespeare}"
+label_column = "y"\npartition_by = "character_id"\nprotocol = "fedmeta"\n
+[meta]\nalgorithm = "maml"\ninner_lr = 0.5\ninner_steps = 1\neval_steps = 1\n
+[federation]\nnum_devices = 6\nnum_held_out = 2\nrounds = 2\nfraction_train = 0.0
+min_train_devices = 4\nmeta_batch = 1\neval_every = 2\neval_episodes = 2\n
+[simulation]\nnum_cpus = 1\nray_cpus = 2\n""")
+    run = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--config", str(toml),
+                          "--out", str(tmp_path / "out"), "--no-progress"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert np.isfinite(summary["final_post_acc"]) and np.isfinite(summary["final_post_loss"])
