@@ -108,7 +108,7 @@ class TextSplitSource:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, support_fraction: float) -> None:
         self.x, self.y = np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64)
-        self.support = int(round(support_fraction * len(self.y)))
+        self.support = round(support_fraction * len(self.y))
         if not 1 <= self.support < len(self.y):
             raise DataError(f"cannot split {len(self.y)} samples into a support set of "
                             f"{support_fraction:g} of them and a query set of the rest, "
