@@ -40,7 +40,8 @@ DISPATCHES = ("indexed", "flower")  # simulation.dispatch: fedmeta.app.dispatch
 @dataclass
 class TaskConfig:
     """The task distribution: sinusoid regression, N-way K-shot Omniglot, or N-way K-shot
-    episodes of a Hugging Face image dataset split into devices (``hf``, docs/data.md)."""
+    episodes of a Hugging Face image dataset split into devices (``hf``), or next-character
+    prediction on a text dataset split by a natural id (``hf-text``; docs/data.md)."""
 
     kind: str = "sinusoid"
     k_shot: int = 10
