@@ -6,9 +6,9 @@ The LSTM cell is written out (matmuls and gates, PyTorch's ``nn.LSTM`` equations
 order i, f, g, o, its parameter names and shapes) rather than calling ``nn.LSTM``:
 second-order MAML differentiates the adapted weights' query loss through the inner
 gradient, and while ``nn.LSTM``'s CPU path was measured twice differentiable (torch 2.13),
-its cuDNN kernel's backward (``_cudnn_rnn_backward``) is not meant to be differentiated
-again, so a run moved to a GPU would lose the second-order term or fail. Written out, only
-ops with ordinary double backward are used, on every device. Its parameter count equals
+its cuDNN kernel's backward (``_cudnn_rnn_backward``) has no derivative of its own in
+PyTorch, so a run moved to a GPU would fail there (known, not checked on these GPU-less
+machines). Written out, only ops with ordinary double backward are used, on every device. Its parameter count equals
 ``nn.LSTM``'s (two biases per layer): 819,920 at the paper's size.
 """
 
