@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 FEMNIST_CLASSES = list(string.digits + string.ascii_uppercase + string.ascii_lowercase)
@@ -124,3 +126,20 @@ def shakespeare_rows(roles: Sequence[tuple[str, int]], seed: int = 0) -> dict[st
 def write_shakespeare(folder: Path, roles: Sequence[tuple[str, int]], seed: int = 0) -> Path:
     """A Shakespeare-shaped dataset of ``roles`` under ``folder``."""
     return write_dataset(folder, shakespeare_rows(roles, seed), shakespeare_features())
+
+
+@contextmanager
+def isolated_hf_cache(folder: Path) -> Iterator[Path]:
+    """``datasets``' own cache in ``folder``, and no fleet kept from other tests (in memory)
+    before or after."""
+    import datasets
+
+    from fedmeta.tasks import factory
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
+        patch.setenv("HF_DATASETS_CACHE", str(folder))
+        factory._HF_FLEETS.clear()
+        factory._TEXT_FLEETS.clear()
+        yield folder
+        factory._HF_FLEETS.clear()
+        factory._TEXT_FLEETS.clear()

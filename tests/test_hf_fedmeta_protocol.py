@@ -20,26 +20,21 @@ from fedmeta.central import train_and_evaluate
 from fedmeta.errors import ConfigError
 from fedmeta.meta import build_learner
 from fedmeta.models import FemnistCNN, build_model
-from fedmeta.tasks import factory, hf_images
+from fedmeta.tasks import hf_images
 from fedmeta.tasks.device_split import DeviceSplitSource
 from fedmeta.tasks.episode import stack_episodes
 from fedmeta.tasks.factory import build_device_tasks, build_tasks, check_fleet_tasks
 
-from hf_fixtures import femnist_writers, write_femnist
+from hf_fixtures import femnist_writers, isolated_hf_cache, write_femnist
 
 SMALL = [("f9100_00", [3, 4], 4)]  # 8 images: fewer than min_device_images = 10
 
 
 @pytest.fixture(scope="module", autouse=True)
 def hf_cache(tmp_path_factory: pytest.TempPathFactory):
-    import datasets
-    folder = tmp_path_factory.mktemp("hf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
-        patch.setenv("HF_DATASETS_CACHE", str(folder))
-        factory._HF_FLEETS.clear()
+    """``datasets``' own cache in a temporary folder, and no fleet kept from other tests."""
+    with isolated_hf_cache(tmp_path_factory.mktemp("hf-cache")) as folder:
         yield folder
-        factory._HF_FLEETS.clear()
 
 
 @pytest.fixture(scope="module")

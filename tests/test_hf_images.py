@@ -15,11 +15,11 @@ from PIL import Image
 
 from fedmeta import config
 from fedmeta.errors import ConfigError
-from fedmeta.tasks import factory, hf_images
+from fedmeta.tasks import hf_images
 from fedmeta.tasks.factory import build_device_tasks, build_tasks, check_fleet_tasks
 
-from hf_fixtures import (SPLIT_FILE, femnist_features, femnist_writers, write_dataset,
-                         write_femnist)
+from hf_fixtures import (SPLIT_FILE, femnist_features, femnist_writers, isolated_hf_cache,
+                         write_dataset, write_femnist)
 
 GOOD = femnist_writers(12, classes=8, per_class=7)  # eligible for 5-way 1+5
 SHORT = [("f9000_00", [1, 2, 3], 7),  # too few classes
@@ -29,14 +29,8 @@ SHORT = [("f9000_00", [1, 2, 3], 7),  # too few classes
 @pytest.fixture(scope="module", autouse=True)
 def hf_cache(tmp_path_factory: pytest.TempPathFactory):
     """``datasets``' own cache in a temporary folder, and no fleet kept from other tests."""
-    import datasets
-    folder = tmp_path_factory.mktemp("hf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
-        patch.setenv("HF_DATASETS_CACHE", str(folder))
-        factory._HF_FLEETS.clear()
+    with isolated_hf_cache(tmp_path_factory.mktemp("hf-cache")) as folder:
         yield folder
-        factory._HF_FLEETS.clear()
 
 
 @pytest.fixture(scope="module")

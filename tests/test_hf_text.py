@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_fixtures import (
+    isolated_hf_cache,
     shakespeare_features,
     shakespeare_rows,
     write_dataset,
@@ -32,14 +33,9 @@ ROLES = [(f"ROLE_{r}", 20 + 5 * r) for r in range(6)] + [("TINY", 6)]  # TINY: <
 
 @pytest.fixture(scope="module", autouse=True)
 def hf_cache(tmp_path_factory: pytest.TempPathFactory):
-    import datasets
-    folder = tmp_path_factory.mktemp("hf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
-        patch.setenv("HF_DATASETS_CACHE", str(folder))
-        factory._TEXT_FLEETS.clear()
+    """``datasets``' own cache in a temporary folder, and no fleet kept from other tests."""
+    with isolated_hf_cache(tmp_path_factory.mktemp("hf-cache")) as folder:
         yield folder
-        factory._TEXT_FLEETS.clear()
 
 
 @pytest.fixture(scope="module")
