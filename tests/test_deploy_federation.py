@@ -119,10 +119,10 @@ def test_flwr_run_on_the_deployed_federation_matches_the_simulation(fed: Deploye
 
 
 def test_a_refused_run_is_one_line_and_a_failure(fed: Deployed) -> None:
-    """``flwr run`` exits 0 for a failed run; ``fedmeta deploy run`` exits 2 and says so."""
+    """``flwr run`` exits 0 for a failed run; ``fedmeta deploy run`` exits 3 and says so."""
     run = fedmeta_cli(fed.env, "deploy", "run", CONNECTION, "--", "--run-config",
                       "federation.num_devices=3 federation.num_held_out=1")
-    assert run.returncode == 2, run.stdout[-3000:] + run.stderr
+    assert run.returncode == 3, run.stdout[-3000:] + run.stderr
     assert "ended finished:failed" in run.stderr and run.stderr.count("\n") == 1, run.stderr
     refused = [line for line in run.stdout.splitlines() if "fedmeta: " in line]
     assert refused and "federation.num_devices=3 is not allowed: expected the federation's " \

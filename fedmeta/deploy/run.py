@@ -3,8 +3,9 @@
 Flower's ``flwr run`` exits 0 once the run is submitted and its streamed log ends, whether
 the run completed or failed. This runs ``flwr run APP [CONNECTION] --stream ...``, passes
 its output through, reads the run id it prints, asks ``flwr ls --run-id ID --format json``
-for the run's final status and raises ``FedmetaError`` (exit status 2) unless it is
-``finished:completed``.
+for the run's final status and raises ``RunFailed`` (exit status 3, as a failed
+``fedmeta run``) unless it is ``finished:completed``; a ``flwr`` command that fails is a
+``FedmetaError`` (status 2).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import FedmetaError
+from ..errors import FedmetaError, RunFailed
 from .federation import flower_command
 
 STARTED = re.compile(r"Successfully started run (\d+)")
@@ -44,7 +45,7 @@ def run_status(run_id: str, connection: str | None, wait_s: float = 60.0) -> tup
 def run_app(app: Path, connection: str | None, flwr_args: list[str],
             out: TextIO = sys.stdout) -> str:
     """Run the app with ``flwr run`` and its log streamed to ``out``; return a line saying
-    it completed, or raise ``FedmetaError`` saying how it ended."""
+    it completed, or raise ``RunFailed`` saying how it ended."""
     command = [str(flower_command("flwr")), "run", str(app),
                *([connection] if connection else []), "--stream", *flwr_args]
     run_id = None
@@ -62,5 +63,5 @@ def run_app(app: Path, connection: str | None, flwr_args: list[str],
         raise FedmetaError("flwr run did not say which run it started (see its output above)")
     status, details = run_status(run_id, connection)
     if status != COMPLETED:
-        raise FedmetaError(f"run {run_id} ended {status}: {details}")
+        raise RunFailed(f"run {run_id} ended {status}: {details}")
     return f"run {run_id} {status}"
