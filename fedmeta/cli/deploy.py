@@ -97,8 +97,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run", help="flwr run, with an exit status that says whether the run completed",
         description="Run `flwr run APP [CONNECTION] --stream ARGS...` (its log passes "
                     "through), then ask `flwr ls` for the run's final status: exit status 0 "
-                    "if it is finished:completed, 3 otherwise, 2 if flwr fails (`flwr run` exits 0 "
-                    "whatever the run's outcome). Arguments after -- go to flwr run, e.g. "
+                    "if it is finished:completed, 3 otherwise, 2 if flwr fails (`flwr run` "
+                    "exits 0 whatever the run's outcome). Arguments after -- go to flwr run, e.g. "
                     "fedmeta deploy run fedmeta-local -- --run-config \"federation.rounds=5\".")
     r.add_argument("connection", nargs="?", default=None,
                    help="the SuperLink connection (default: Flower's default, `local`)")
