@@ -10,6 +10,7 @@ Ray byte for byte, and that the cluster's processes (its own process groups) are
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,6 +86,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
         while _ray_processes(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
         left = _ray_processes(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray processes of the test cluster left: {left}"
 
 
@@ -144,6 +146,28 @@ def test_an_unreachable_cluster_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(FedmetaError, match=r"simulation\.ray_address = '127\.0\.0\.1:\d+'"):
         fedmeta.simulate({**TINY, "simulation": {"ray_address": address}}, progress=False)
     assert not ray.is_initialized()
+
+
+def test_a_node_with_another_fedmeta_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver claims another version than the one its (local) Ray node imports."""
+    import ray
+
+    import fedmeta
+    from fedmeta.app.cluster import check_nodes
+    from fedmeta.config import from_dict
+
+    real = fedmeta.__version__
+    monkeypatch.setattr(fedmeta, "__version__", "99.0")
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        node = ray.nodes()[0]
+        with pytest.raises(FedmetaError, match=(
+                rf"1 of 1 nodes.*{node['NodeManagerAddress']} \(node {node['NodeID'][:12]}\)"
+                rf": fedmeta {real} at .*the driver has 99\.0")):
+            check_nodes(from_dict({"simulation": {"ray_address": "auto"}}))
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.parametrize("address", ["host", "host:0", "host:70000", "ray://", ":6379",
