@@ -39,7 +39,8 @@ def _free_port() -> int:
 
 def _ray_processes(temp_dir: Path) -> list[str]:
     """Command lines of the processes that still use ``temp_dir`` (raylet, gcs_server...)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True,
+                         check=True).stdout
     return [line for line in out.splitlines() if str(temp_dir) in line and "ps -eo" not in line]
 
 
@@ -93,13 +94,13 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 def _wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen]) -> None:
     """Poll until ``count`` alive nodes are in the cluster (one subprocess per poll, so this
     process never holds a Ray connection)."""
-    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    probe = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), "a ray start exited"
         got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                             env={**os.environ, "RAY_ADDRESS": ""})
+                             env={**os.environ, "RAY_ADDRESS": ""}, check=False)
         if got.returncode == 0 and got.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -109,7 +110,7 @@ def _wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen]) -> 
 def _nodes_that_ran_devices(address: str) -> set[str]:
     """The custom resource (``fedmeta_node_*``) of each node that hosted a device actor."""
     import ray
-    import ray._private.state as state
+    from ray._private import state
 
     ray.init(address=address, logging_level="ERROR")
     try:

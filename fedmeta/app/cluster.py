@@ -31,7 +31,7 @@ def connect(cfg: Config, verbose: bool) -> None:
         _reachable(address)
         ray.init(address=address, logging_level="INFO" if verbose else "ERROR",
                  log_to_driver=verbose)
-    except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray
+    except Exception as exc:  # noqa: BLE001 (OSError, ConnectionError, RuntimeError... from Ray)
         raise FedmetaError(f"simulation.ray_address = {address!r}: cannot join a Ray cluster "
                            f"there ({type(exc).__name__}: {_gist(exc)}); start one with "
                            f"'ray start --head' (docs/scale.md)") from None
@@ -62,7 +62,7 @@ def _report(needs_omniglot: bool, data_dir: str) -> dict[str, Any]:
     if needs_omniglot:
         try:
             resolve_zips(data_dir or None)
-        except Exception as exc:  # DataError: no folder, no zips
+        except Exception as exc:  # noqa: BLE001 (DataError: no folder, no zips; reported)
             data = _gist(exc)
     return {"version": here.__version__, "file": here.__file__, "data": data}
 
@@ -81,7 +81,7 @@ def check_nodes(cfg: Config) -> None:
     for name, ref in pending.items():
         try:
             got = ray.get(ref, timeout=CHECK_TIMEOUT_S)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (RayTaskError, GetTimeoutError: reported)
             problems.append(f"{name}: cannot import fedmeta ({_gist(exc)})")
             continue
         if got["version"] != fedmeta.__version__:
