@@ -168,12 +168,16 @@ class FaultsConfig:
 class SimulationConfig:
     """Resources of the Ray simulation: per device, and for the whole of Ray (0: all);
     ``dispatch``: how Flower's engine pumps messages to devices (``fedmeta.app.dispatch``:
-    ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll)."""
+    ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll).
+    ``ray_address``: join that running Ray cluster (``auto``, ``host:port`` or
+    ``ray://host:port``; docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then
+    does not apply (the cluster's nodes have their own)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_cpus: int = 0
     dispatch: str = "indexed"
+    ray_address: str = ""
 
 
 @dataclass
@@ -619,6 +623,17 @@ def _check_simulation(s: SimulationConfig) -> None:
                           "an integer >= 0 (0: every CPU of this machine)")
     if s.dispatch not in DISPATCHES:
         raise ConfigError("simulation.dispatch", s.dispatch, f"one of {list(DISPATCHES)}")
+    if s.ray_address and not (s.ray_address == "auto" or _host_port(s.ray_address)):
+        raise ConfigError("simulation.ray_address", s.ray_address,
+                          "empty (start a local Ray), auto, host:port or ray://host:port "
+                          "(port 1-65535)")
+
+
+def _host_port(address: str) -> bool:
+    """``host:port`` or ``ray://host:port`` with a host and a port in 1-65535."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    return (bool(sep) and bool(host) and not any(c.isspace() or c in "/:" for c in host)
+            and port.isdigit() and 1 <= int(port) <= 65_535)
 
 
 CLIPPINGS, CLIP_SIDES, NOISES, ACCOUNTANTS = (("none", "fixed", "adaptive"),

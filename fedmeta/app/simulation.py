@@ -1,7 +1,8 @@
 """``simulate``: a federated run on Flower's simulation engine (Ray), from Python.
 
-The config is validated before Ray starts; Ray is shut down when the run ends, however it
-ends. Flower's and Ray's INFO logs are silenced unless ``verbose``.
+The config is validated before Ray starts; Ray is shut down (a cluster joined with
+``simulation.ray_address``: left, still running) when the run ends, however it ends.
+Flower's and Ray's INFO logs are silenced unless ``verbose``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..outputs import claim, write_run
 from ..results import Row, summarize_run, table
 from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
-from . import client_app
+from . import client_app, cluster
 from .dispatch import message_pump
 from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
@@ -48,14 +49,18 @@ def as_config(config: Config | Mapping[str, Any] | str | Path) -> Config:
 
 
 def backend_config(sim: SimulationConfig, verbose: bool) -> dict[str, Any]:
-    """Ray's resources: ``sim.num_cpus``/``num_gpus`` per device, ``ray_cpus`` in all."""
+    """Ray's resources: ``sim.num_cpus``/``num_gpus`` per device, ``ray_cpus`` in all;
+    joining a cluster (``sim.ray_address``), only its address: its nodes have their own."""
+    client = {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus}
+    if sim.ray_address:
+        return {"client_resources": client, "init_args": {"address": sim.ray_address}}
     total = sim.ray_cpus or os.cpu_count() or 1
     if sim.num_cpus > total:
         raise ConfigError("simulation.num_cpus", sim.num_cpus,
                           f"at most the {total} CPUs Ray has (simulation.ray_cpus)")
     if sim.num_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError("simulation.num_gpus", sim.num_gpus, "0 on a machine without a GPU")
-    return {"client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
+    return {"client_resources": client,
             "init_args": {"num_cpus": total, "include_dashboard": False,
                           "logging_level": "INFO" if verbose else "ERROR",
                           "log_to_driver": verbose}}
@@ -144,6 +149,8 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
 
     start = time.perf_counter()
     try:
+        if cfg.simulation.ray_address:
+            cluster.connect(cfg, verbose)
         with _flower_logs(verbose), message_pump(cfg.simulation.dispatch):
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
