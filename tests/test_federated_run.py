@@ -6,9 +6,6 @@ runs the same app on a local SuperLink."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from local_flwr import ROOT, flwr_run
+
 TINY = """\
 [train]
 seed = 4
@@ -94,38 +92,10 @@ def test_same_config_and_seed_give_byte_identical_results_whichever_pump(
     pd.testing.assert_frame_equal(frame, pd.read_csv(api / "results.csv"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_local_superlink(flwr_home: Path) -> None:
-    """End the SuperLink that ``flwr run`` started for this test (found by its log path)."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            os.kill(int(proc.name), signal.SIGTERM)
-
-
 def test_flwr_run_runs_the_app_on_a_local_simulation(tmp_path: Path) -> None:
-    flwr = Path(sys.executable).with_name("flwr")
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
-           "PATH": f"{flwr.parent}{os.pathsep}{os.environ['PATH']}",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    try:
-        done = subprocess.run(
-            [str(flwr), "run", ".", "--stream",
-             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1",
-             "--run-config", TINY_RUN_CONFIG],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    finally:
-        _stop_local_superlink(tmp_path / "flwr")
+    done = flwr_run(tmp_path / "flwr", "--federation-config",
+                    "num-supernodes=4 client-resources-num-cpus=1",
+                    "--run-config", TINY_RUN_CONFIG, timeout=400)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert "fedmeta-maml on held-out devices" in out, out[-3000:]

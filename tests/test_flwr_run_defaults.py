@@ -5,44 +5,16 @@ run to the end. About 1.5-2 minutes on 2 busy cores."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fedmeta.deploy.processes import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def stop_local_superlink(flwr_home: Path) -> None:
-    """End the SuperLink that ``flwr run`` started for this test (its command line names
-    this test's ``FLWR_HOME``)."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            os.kill(int(proc.name), signal.SIGTERM)
+from local_flwr import flwr_run
 
 
 @pytest.mark.slow
 def test_flwr_run_with_no_flags_runs_on_flowers_two_supernodes(tmp_path: Path) -> None:
-    flwr = Path(sys.executable).with_name("flwr")
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
-           "PATH": f"{flwr.parent}{os.pathsep}{os.environ['PATH']}",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    try:
-        done = subprocess.run([str(flwr), "run", ".", "--stream"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
-    finally:
-        stop_local_superlink(tmp_path / "flwr")
+    done = flwr_run(tmp_path / "flwr", timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert ("federation.num_devices=auto: the federation has 2 SuperNodes, so num_devices=2, "
