@@ -92,7 +92,7 @@ def test_federated_rounds_over_a_local_grid(episodes, roots, caplog):
     assert "round 2 eval: 1 devices" in caplog.text
 
 
-@pytest.mark.slow  # Ray start-up and two rounds: about 70 s on a loaded 2-core host
+@pytest.mark.slow  # Ray start-up and two rounds: 70 s to 4.5 min on a loaded 2-core host
 def test_fedmeta_run_on_the_cifar_fs_fixture(roots, tmp_path):
     config = tmp_path / "cifar-fs.toml"
     config.write_text(f"""\
