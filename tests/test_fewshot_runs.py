@@ -10,13 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
+from PIL import Image
 
 from fedmeta.app import client_app, server_app
 from fedmeta.checkpoint import Checkpoint
 from fedmeta.cli import main
 from fedmeta.config import from_dict
+from fedmeta.tasks.benchmarks import load_split
+from fedmeta.tasks.image_episodes import read_image_episodes
 
 from benchmark_fixtures import write_cifar100, write_mini_csv, write_mini_pickle
 from local_grid import LocalGrid
@@ -48,6 +52,32 @@ def test_central_train_on_each_fixture(dataset, root, side, roots, tmp_path, cap
     checkpoint = Checkpoint.load(tmp_path / "checkpoint.pt")
     assert checkpoint.model_kwargs == {"n_way": 2, "in_channels": 3, "image_size": side}
     assert checkpoint.params["head.weight"].shape == (2, 64 * (side // 16) ** 2)
+
+
+def test_fedmeta_evaluate_scores_rgb_episodes_with_a_benchmark_checkpoint(roots, tmp_path,
+                                                                          capsys):
+    """A CIFAR-FS checkpoint scores a folder of RGB PNG episodes (generic layout), decoded
+    to its 3x32x32 input, pixels intact."""
+    assert main(["train", *TINY, "--set", "task.dataset=cifar-fs",
+                 "--set", f"task.data_dir={roots['cifar']}", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    test = load_split("cifar-fs", roots["cifar"], "test")
+    for e in range(2):
+        for split, rows in (("support", [0]), ("query", [1, 2])):
+            for c in (2 * e, 2 * e + 1):
+                for r in rows:
+                    image = test.images[test.labels == c][r].transpose(1, 2, 0)
+                    path = tmp_path / "eps" / f"ep{e}" / split / test.class_names[c] / f"{r}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(image).save(path)
+    read = read_image_episodes(tmp_path / "eps", channels=3, size=32)
+    first = read.episodes["ep0"].support_x[0]
+    np.testing.assert_array_equal(first.numpy(), test.images[test.labels == 0][0] / np.float32(255))
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.pt"),
+                 "--episodes", str(tmp_path / "eps"), "--steps", "1"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["episodes"] == 2 and result["queries"] == 8
+    assert 0 <= result["accuracy"] <= 1
 
 
 def test_central_train_on_meta_dataset_episodes(roots, tmp_path, capsys):

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from .benchmark_splits import CIFAR_FS, FC100, MINIIMAGENET, SPLITS
+from .images import to_rgb
 from .omniglot import CACHE_ENV
 
 DATASETS = ("miniimagenet", "cifar-fs", "fc100")
@@ -241,12 +242,11 @@ def _decode_rgb(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 ``(3, size, size)`` RGB (Lanczos resize)."""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+            return to_rgb(image, size)
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from exc
     except OSError as exc:
         raise DataError(f"{path}: not a readable image ({exc.strerror or exc})") from exc
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray,

@@ -330,13 +330,16 @@ def _fewshot_pooled(task: Any, data: BenchmarkSplit, held_out: bool
                     ) -> FewShotTaskSource | VaryingTaskSource:
     """The source over a whole split; every class of it must form episodes."""
     counts = np.bincount(data.labels, minlength=len(data.class_names))
-    need = 2 if task.episodes == "meta-dataset" else \
-        (1 if task.augment and not held_out else task.k_shot + task.q_query)
+    if task.episodes == "meta-dataset":
+        need, why = 2, "a support and a query image"
+    else:  # with augment a class needs one image, which every class here has
+        need = 1 if task.augment and not held_out else task.k_shot + task.q_query
+        why = "k_shot + q_query"
     if (counts < need).any():
         c = int(np.argmax(counts < need))
         raise DataError(f"{data.source}: class {data.class_names[c]!r} of the {data.split} "
                         f"split has {counts[c]} images, fewer than the {need} its episodes "
-                        f"need ({'a support and a query image' if need == 2 else 'k_shot + q_query'})")
+                        f"need ({why})")
     try:
         return _fewshot_source(task, data.images, data.labels, held_out, data.class_names)
     except DataError as exc:
