@@ -10,12 +10,14 @@ images share a colour (so episodes are learnable) plus noise. Nothing here is re
 - CIFAR-100 python: ``cifar-100-python/{train,test}`` (dicts with ``data`` uint8
   ``(N, 3072)`` in R, G, B planes, ``fine_labels``, ``coarse_labels``, ``filenames``,
   ``batch_label``) and ``meta`` (``fine_label_names``, ``coarse_label_names``), pickled
-  with protocol 2 as the release's Python 2 pickles are.
+  with protocol 2 by Python 3 (``write_cifar100``) or byte for byte as the release's
+  Python 2 cPickle wrote them (``write_cifar100_py2``).
 """
 
 from __future__ import annotations
 
 import csv
+import struct
 import pickle
 from pathlib import Path
 
@@ -125,4 +127,65 @@ def write_cifar100(root: Path, parts: dict[str, dict] | None = None) -> Path:
     for name, content in (parts or cifar_parts()).items():
         with (folder / name).open("wb") as f:
             pickle.dump(content, f, protocol=2)
+    return root
+
+
+def py2_pickle(obj: object) -> bytes:
+    """``obj`` pickled as Python 2's cPickle (protocol 2) writes it, the CIFAR-100 release's
+    format: strings are byte strings (``U``/``T`` opcodes, read back by Python 3 only with
+    ``encoding="latin1"``) and arrays reference ``numpy.core.multiarray._reconstruct`` with
+    their data as one byte string. Dicts, lists, str, int and 1/2-D uint8 arrays only."""
+    out = bytearray(b"\x80\x02")
+
+    def string(text: str | bytes) -> None:
+        raw = text.encode("latin1") if isinstance(text, str) else text
+        out.extend(b"U" + bytes([len(raw)]) + raw if len(raw) < 256
+                   else b"T" + struct.pack("<I", len(raw)) + raw)
+
+    def integer(value: int) -> None:
+        out.extend(b"K" + bytes([value]) if 0 <= value < 256 else b"J" + struct.pack("<i", value))
+
+    def save(value: object) -> None:
+        if isinstance(value, dict):
+            out.extend(b"}(")
+            for k, v in value.items():
+                save(k)
+                save(v)
+            out.extend(b"u")
+        elif isinstance(value, list):
+            out.extend(b"](")
+            for v in value:
+                save(v)
+            out.extend(b"e")
+        elif isinstance(value, str):
+            string(value)
+        elif isinstance(value, (int, np.integer)):
+            integer(int(value))
+        elif isinstance(value, np.ndarray) and value.dtype == np.uint8:
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            out.extend(b"K\x00\x85")
+            string("b")
+            out.extend(b"\x87R(K\x01(")
+            for n in value.shape:
+                integer(n)
+            out.extend(b"tcnumpy\ndtype\n")
+            string("u1")
+            out.extend(b"K\x00K\x01\x87R(K\x03")
+            string("|")
+            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+            string(np.ascontiguousarray(value).tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(f"py2_pickle: no {type(value).__name__}")
+
+    save(obj)
+    return bytes(out + b".")
+
+
+def write_cifar100_py2(root: Path, parts: dict[str, dict] | None = None) -> Path:
+    """``write_cifar100`` with the files byte-for-byte in Python 2's pickle format."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in (parts or cifar_parts()).items():
+        (folder / name).write_bytes(py2_pickle(content))
     return root

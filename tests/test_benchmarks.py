@@ -19,7 +19,8 @@ from fedmeta.tasks.benchmarks import load_split
 from fedmeta.tasks.factory import build_device_tasks, build_tasks, check_fleet_tasks
 
 from benchmark_fixtures import (CIFAR100, COARSE, COARSE_OF, FINE, cifar_parts, mini_split,
-                                write_cifar100, write_mini_csv, write_mini_pickle)
+                                write_cifar100, write_cifar100_py2, write_mini_csv,
+                                write_mini_pickle)
 
 # The published split sizes, written here independently of the code's lists.
 SIZES = {"miniimagenet": (64, 16, 20), "cifar-fs": (64, 16, 20), "fc100": (60, 20, 20)}
@@ -128,6 +129,17 @@ def test_cifar_splits_hold_the_published_classes_and_pixels(dataset, cifar):
     want = parts["train"]["data"][rows[0]]  # R plane, G plane, B plane
     got = data.images[data.labels == data.class_names.index("baby")][0]
     np.testing.assert_array_equal(got.reshape(-1), want)
+
+
+def test_cifar_files_as_python_2_wrote_them_load_alike(cifar, tmp_path):
+    """The release's pickles are Python 2's (byte-string keys and array data)."""
+    py2 = write_cifar100_py2(tmp_path)
+    assert (py2 / "cifar-100-python" / "meta").read_bytes()[:4] == b"\x80\x02}("
+    for dataset in ("cifar-fs", "fc100"):
+        a, b = load_split(dataset, cifar, "val"), load_split(dataset, py2, "val")
+        assert a.class_names == b.class_names
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
 
 
 @pytest.mark.parametrize("dataset", ["miniimagenet", "cifar-fs", "fc100"])

@@ -132,9 +132,10 @@ def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int 
         for device in range(num_devices):
             _text_source(task, fleet, device)
         return
-    if task.kind == "fewshot":
-        _fewshot_group(task, seed, False, num_devices - num_held_out)
-        _fewshot_group(task, seed, True, num_held_out)
+    if task.kind == "fewshot":  # one device at a time: a source holds a copy of its images
+        for held_out, size in ((False, num_devices - num_held_out), (True, num_held_out)):
+            for device in range(size):
+                _fewshot_group(task, seed, held_out, size, only=device)
         return
     if task.kind != "sinusoid":  # sampled: every device draws alike, so one shows for all
         one = 0 if task.partition == "sampled" else None
@@ -308,8 +309,9 @@ def _benchmark(dataset: str, data_dir: str, split: str, stamp: tuple) -> Benchma
 
 def _fewshot_split(task: Any, split: str) -> BenchmarkSplit:
     folder = Path(task.data_dir).expanduser()
-    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                         for p in folder.glob("*") if p.is_file())) if folder.is_dir() else ()
+    files = [*folder.glob("*"), *folder.glob("cifar-100-python/*")] if folder.is_dir() else []
+    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                         for p in files if p.is_file()))
     return _benchmark(task.dataset, str(folder), split, stamp)
 
 
