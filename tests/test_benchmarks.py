@@ -305,3 +305,18 @@ def test_csv_rows_written_by_the_fixture_are_the_ravi_format(mini_csv):
         rows = list(csv.reader(f))
     assert rows[0] == ["filename", "label"] and rows[1] == ["n0153282900000001.jpg",
                                                              "n01532829"]
+
+
+def test_dirichlet_and_sampled_partitions_of_the_train_split(cifar):
+    t = task("cifar-fs", cifar, partition="dirichlet", dirichlet_alpha=1000.0, k_shot=1,
+             q_query=1)
+    check_fleet_tasks(t, 3, 1)
+    train = [build_device_tasks(t, d, 3, 1) for d in range(2)]
+    images = [{im.tobytes() for im in s.images} for s in train]
+    assert not images[0] & images[1] and len(images[0] | images[1]) == 64 * 4
+    t = task("cifar-fs", cifar, partition="sampled", device_classes=5)
+    assert [build_device_tasks(t, d, 5, 1).num_classes for d in range(4)] == [5] * 4
+    with pytest.raises(ConfigError, match=r"task.partition='dirichlet' .* but training device "
+                                          r"\d+ \(\d+ images of train\) cannot"):
+        check_fleet_tasks(task("cifar-fs", cifar, partition="dirichlet",
+                               dirichlet_alpha=0.01), 31, 1)
