@@ -17,7 +17,8 @@ from .fewshot import FewShotTaskSource
 from .hf_images import HFFleet, load_fleet
 from .hf_text import TextFleet, TextSplitSource, load_text_fleet
 from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
-from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
+from .partition import (by_alphabet, by_class, by_drawer, device_task_sources, dirichlet,
+                        sampled)
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
 from .varying import VaryingTaskSource
@@ -371,17 +372,6 @@ class _Labels:
 
     def __len__(self) -> int:
         return len(self.character)
-
-
-def by_class(labels: np.ndarray, num_devices: int, seed: int) -> list[np.ndarray]:
-    """Classes shuffled with ``seed`` and dealt into ``num_devices`` near-equal disjoint
-    groups (``np.array_split``); a device holds every image of its classes."""
-    classes = np.random.default_rng(seed).permutation(np.unique(labels))
-    if not 1 <= num_devices <= len(classes):
-        raise ConfigError("num_devices", num_devices,
-                          f"an integer from 1 to the {len(classes)} classes (one per device)")
-    return [np.flatnonzero(np.isin(labels, own)) for own in np.array_split(classes,
-                                                                            num_devices)]
 
 
 def _fewshot_group(task: Any, seed: int, held_out: bool, size: int, only: int | None = None
