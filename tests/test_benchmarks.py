@@ -320,3 +320,10 @@ def test_dirichlet_and_sampled_partitions_of_the_train_split(cifar):
                                           r"\d+ \(\d+ images of train\) cannot"):
         check_fleet_tasks(task("cifar-fs", cifar, partition="dirichlet",
                                dirichlet_alpha=0.01), 31, 1)
+
+
+def test_where_both_layouts_are_there_the_pickle_is_read(tmp_path):
+    write_mini_csv(tmp_path, per_class=2, splits=("val",))
+    write_mini_pickle(tmp_path, per_class=3, splits=("val",))
+    data = load_split("miniimagenet", tmp_path, "val")
+    assert data.source.endswith("mini-imagenet-cache-val.pkl") and len(data) == 16 * 3
