@@ -115,8 +115,8 @@ def fit_table(model: nn.Module, example_shape: tuple[int, ...], support: int, qu
 
 def markdown(fits: list[Fit]) -> str:
     """``fit_table`` as a markdown table."""
-    rows = ["| profile | variant | adaptation | memory needed | profile memory | fits | "
-            "adaptation | query batch |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("| profile | variant | adaptation | memory needed | profile memory | fits | "
+             "adaptation | query batch |"), "|---|---|---|---|---|---|---|---|"]
     for f in fits:
         rows.append(f"| {f.profile} | {f.need.variant} | {f.need.adaptation} | "
                     f"{f.need.memory_bytes / 2**20:.2f} MiB | {f.memory_gb:g} GB | "
