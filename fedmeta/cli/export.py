@@ -93,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--out", None, "an output folder (or --fit)")
     if args.format == "onnx":
-        from ..export.onnx_export import export_onnx as export
+        try:
+            from ..export.onnx_export import export_onnx as export
+        except ImportError as exc:  # onnxruntime, imported by the device script
+            raise ConfigError("--format", "onnx", f"an environment with the edge extra: "
+                              f"pip install 'fedmeta[edge]' ({exc})") from None
     else:
         from ..export import export
     print(json.dumps(export(args.checkpoint, args.out), indent=2))
