@@ -142,7 +142,7 @@ def test_fit_counts_flops_and_bytes_of_conv4() -> None:
     assert rows["int8", "head-only"].memory_bytes < head_only.memory_bytes
     fits = fit_table(model, (1, 28, 28), 5, 25, 3, PROFILES)
     assert {f.profile for f in fits} == set(PROFILES) and len(fits) == 4 * len(PROFILES)
-    pi = next(f for f in fits if f.profile == "raspberry-pi-4" and f.need is not None
+    pi = next(f for f in fits if f.profile == "raspberry-pi-4"
               and f.need.variant == "float32" and f.need.adaptation == "head-only")
     assert pi.adapt_s == pytest.approx(head_only.adapt_flops / 8e9) and pi.fits
     tiny = DeviceProfile("tiny", 1e9, head_only.memory_bytes / 1e9 * 0.99, 1.0, 1.0)
