@@ -83,6 +83,8 @@ def test_compress_writes_a_table_of_every_stage(tmp_path: Path, omniglot_dir: Pa
     assert [r["params"] for r in rows][:3] == [rows[0]["params"]] + 2 * [rows[1]["params"]]
     assert rows[1]["params"] < rows[0]["params"] and rows[3]["bytes"] < rows[0]["bytes"]
     assert rows[0]["change"] == 0 and all(r["episodes"] == 4 for r in rows)
+    assert all(r["adaptation"] == "full network" for r in rows)  # fomaml: every layer
+    assert rows[1]["flops_adapt"] < rows[0]["flops_adapt"] == rows[3]["flops_adapt"]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert all(r["loses_over_2_points"] == (r["change"] < -0.02) for r in rows)
     table = (tmp_path / "out" / "compress.md").read_text()

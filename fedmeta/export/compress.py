@@ -14,8 +14,10 @@ Stages (in order):
 Each stage adapts on every episode's support set (``meta.eval_steps`` steps) and is scored
 on its query set; the same episodes serve every stage, so the change against the
 meta-model is paired (mean and 95% CI of the per-episode differences). Sizes and FLOPs are
-analytic (``fedmeta.export.fit``, ``fedmeta.fleet.cost``); adaptation latency is the
-median wall time of ``learner.adapt`` on this host's CPU (one thread).
+analytic (``fedmeta.export.fit``, ``fedmeta.fleet.cost``): an adaptation's FLOPs are
+head-only for ANIL (the body once, then the head's steps) and ``steps`` full-network
+steps for the other learners; adaptation latency is the median wall time of
+``learner.adapt`` on this host's CPU (one thread).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..meta.base import task_accuracy
 from ..meta.evaluation import mean_ci95
 from ..models import build_model
 from ..tasks.factory import build_tasks
-from .fit import weight_bytes
+from .fit import needs, weight_bytes
 from .prune import prune_conv4
 from .quantize import inference_model, quantize
 
@@ -125,12 +127,16 @@ def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: i
     for stage in stages:
         model = build_model(stage.checkpoint.model, **stage.checkpoint.model_kwargs)
         cost = ModelCost.of(model, shape)
+        way = "head-only" if stage.checkpoint.algorithm == "anil" else "full network"
+        adapt_flops = next(n.adapt_flops for n in needs(model, shape, support, query, steps)
+                           if n.adaptation == way)
         scores = np.array(stage.scores)
         mean, ci = mean_ci95(scores)
         change, change_ci = mean_ci95(scores - base)
         rows.append({"stage": stage.name, "params": cost.params,
                      "bytes": weight_bytes(model, "int8" if stage.int8 else "float32"),
-                     "flops_adapt_step": cost.step(support), "flops_query": cost.fwd(query),
+                     "adaptation": way, "flops_adapt": adapt_flops,
+                     "flops_query": cost.fwd(query),
                      "adapt_ms": _adapt_ms(stage.checkpoint, episode, steps),
                      "accuracy": mean, "accuracy_ci95": ci, "change": change,
                      "change_ci95": change_ci,
@@ -142,12 +148,13 @@ def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: i
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The stages as a markdown table."""
-    lines = [("| stage | parameters | bytes | FLOPs / adaptation step | FLOPs / query batch "
+    lines = [("| stage | parameters | bytes | FLOPs / adaptation | FLOPs / query batch "
               "| adaptation (host, 1 thread) | accuracy after adaptation | change vs "
               "meta-model (paired) | loses > 2 points |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['stage']} | {r['params']:,} | {r['bytes'] / 1024:.1f} KiB | "
-                     f"{r['flops_adapt_step'] / 1e6:.1f} M | {r['flops_query'] / 1e6:.1f} M | "
+                     f"{r['flops_adapt'] / 1e6:.1f} M ({r['adaptation']}, {r['steps']} steps) | "
+                     f"{r['flops_query'] / 1e6:.1f} M | "
                      f"{r['adapt_ms']:.1f} ms | {100 * r['accuracy']:.1f} ± "
                      f"{100 * r['accuracy_ci95']:.1f} % | {100 * r['change']:+.1f} ± "
                      f"{100 * r['change_ci95']:.1f} points | "
