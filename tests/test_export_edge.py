@@ -77,8 +77,9 @@ def test_exported_sinusoid_mlp_adapts_like_fedmeta_without_fedmeta(tmp_path: Pat
 
 def test_exported_conv4_adapts_like_fedmeta_without_fedmeta(tmp_path: Path) -> None:
     path = checkpoint("conv4", "maml").save(tmp_path / "checkpoint.pt")
-    done = subprocess.run([sys.executable, "-m", "fedmeta", "export", "--checkpoint",
-                           str(path), "--out", str(tmp_path / "edge")], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "fedmeta", "export", "--format",
+                           "torchscript", "--checkpoint", str(path), "--out",
+                           str(tmp_path / "edge")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((tmp_path / "edge" / "meta_model.json").read_text())

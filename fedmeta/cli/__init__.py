@@ -9,7 +9,8 @@ from importlib import import_module
 from ..errors import FedmetaError
 
 # Each module defines ``add_parser(subparsers)`` (which sets ``func``) for its subcommand.
-SUBCOMMANDS = ("train", "evaluate", "data", "run", "rescore", "deploy", "export")
+SUBCOMMANDS = ("train", "evaluate", "data", "run", "rescore", "deploy", "export",
+               "compress")
 
 
 def build_parser() -> argparse.ArgumentParser:
