@@ -86,9 +86,10 @@ class MetaLearner(ABC):
     ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
     tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
     ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
-    against), or ``None`` (default): together where the episodes are on an accelerator, one
-    at a time on the CPU, where the loop was measured faster (see ``batches``). Models that
-    ``supports_batching`` rejects always run one episode at a time.
+    against), or ``None`` (default): together where the episodes are on an accelerator or
+    the CPU computes on several threads, one at a time on a single CPU thread, where the
+    loop was measured faster (see ``batches``). Models that ``supports_batching`` rejects
+    always run one episode at a time.
     """
 
     name: str = ""
@@ -109,15 +110,21 @@ class MetaLearner(ABC):
         self.batchable = supports_batching(model)
 
     def batches(self, batch: EpisodeBatch) -> bool:
-        """Whether ``batch``'s episodes run together (see the class docstring). On one
-        thread of a busy 2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured
-        1.5-2x slower than the loop: a task's kernels (75 query images) already fill one
-        core, and the batched ones' working sets are T times larger; on two threads it
-        looked faster, too noisily to make it the default
-        (benchmarks/results/meta_throughput.md)."""
+        """Whether ``batch``'s episodes run together (see the class docstring).
+
+        By default (``batched=None``) on an accelerator, and on the CPU when torch runs more
+        than one intra-op thread (``torch.get_num_threads()``). Measured on a shared 2-core
+        AMD EPYC (torch 2.13, benchmarks/results/meta_throughput.md): on one thread a task's
+        kernels (75 query images) already keep the core busy at about half of oneDNN's
+        convolution rate, so batching buys no parallelism, only T-times larger working sets,
+        and the loop is 1.1-1.5x faster; on two threads every loop kernel ends in an OpenMP
+        barrier that waits for a core other jobs hold, and the batched step, with T times
+        fewer kernels, is 2-5x faster.
+        """
         if not self.batchable or self.batched is False:
             return False
-        return self.batched is True or batch.support_x.device.type != "cpu"
+        return (self.batched is True or batch.support_x.device.type != "cpu"
+                or torch.get_num_threads() > 1)
 
     # -- what a learner defines -------------------------------------------------------------
     def init_params(self) -> Params:
