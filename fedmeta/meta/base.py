@@ -22,6 +22,10 @@ from ..tasks.episode import EpisodeBatch
 
 Params = dict[str, Tensor]
 
+PRECISIONS = ("float32", "bfloat16")
+"""``precision`` settings: ``bfloat16`` runs first-order meta-updates and evaluation under
+``torch.autocast`` (see ``MetaLearner``)."""
+
 EVAL_IMAGES = 2048
 """Images (support plus query, all tasks) per batched evaluation call: bounds its memory
 (about 1 GB of activations for Conv4 on 28x28 images)."""
@@ -49,8 +53,8 @@ def task_loss(output: Tensor, target: Tensor) -> Tensor:
 def task_accuracy(output: Tensor, target: Tensor) -> Tensor:
     """Fraction of correct arg-max predictions (NaN for regression)."""
     if target.dtype == torch.int64:
-        return (output.argmax(-1) == target).to(output.dtype).mean()
-    return torch.full((), math.nan, dtype=output.dtype)
+        return (output.argmax(-1) == target).to(_score_dtype(output)).mean()
+    return torch.full((), math.nan, dtype=_score_dtype(output))
 
 
 def task_losses(output: Tensor, target: Tensor) -> Tensor:
@@ -64,9 +68,15 @@ def task_losses(output: Tensor, target: Tensor) -> Tensor:
 def task_accuracies(output: Tensor, target: Tensor) -> Tensor:
     """``task_accuracy`` of each task of ``(T, n, ...)`` outputs and targets: ``(T,)``."""
     if target.dtype == torch.int64:
-        return (output.argmax(-1) == target).to(output.dtype).mean(1)
-    return torch.full(target.shape[:1], math.nan, dtype=output.dtype,
+        return (output.argmax(-1) == target).to(_score_dtype(output)).mean(1)
+    return torch.full(target.shape[:1], math.nan, dtype=_score_dtype(output),
                       device=output.device)
+
+
+def _score_dtype(output: Tensor) -> torch.dtype:
+    """Scores in at least float32 (bfloat16 outputs under autocast: an accuracy of 11/15
+    would round to 0.734)."""
+    return torch.promote_types(output.dtype, torch.float32)
 
 
 def check_positive(field: str, value: float | int, integer: bool = False) -> None:
@@ -83,6 +93,13 @@ class MetaLearner(ABC):
     ``inner_lr`` and ``inner_steps`` define the adaptation on a support set; ``eval_steps``
     (default ``inner_steps``) is how many steps evaluation adapts for.
 
+    ``precision="bfloat16"`` runs evaluation, and the meta-updates of first-order learners
+    (``first_order``), under ``torch.autocast`` to bfloat16 on the episodes' device:
+    convolutions and matrix products in bfloat16, losses, batch-norm statistics,
+    parameters, gradients and directions in float32. Second-order meta-updates stay in the
+    parameters' precision (their Hessian-vector products are where bfloat16's 8-bit
+    mantissa hurts most). Default ``float32``: no autocast.
+
     ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
     tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
     ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
@@ -93,20 +110,26 @@ class MetaLearner(ABC):
     """
 
     name: str = ""
+    first_order: bool = True
+    """Whether ``meta_update`` needs no second derivatives (``precision`` applies to it)."""
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
-                 eval_steps: int | None = None, batched: bool | None = None) -> None:
+                 eval_steps: int | None = None, batched: bool | None = None,
+                 precision: str = "float32") -> None:
         check_positive("inner_lr", inner_lr)
         check_positive("inner_steps", inner_steps, integer=True)
         if eval_steps is not None:
             check_positive("eval_steps", eval_steps, integer=True)
         if batched is not None and not isinstance(batched, bool):
             raise ConfigError("batched", batched, "true, false or null (by device)")
+        if precision not in PRECISIONS:
+            raise ConfigError("precision", precision, f"one of {list(PRECISIONS)}")
         self.model = model.train()
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
         self.batched = batched
+        self.precision = precision
         self.batchable = supports_batching(model)
 
     def batches(self, batch: EpisodeBatch) -> bool:
@@ -159,11 +182,18 @@ class MetaLearner(ABC):
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
+    def autocast(self, batch: EpisodeBatch, applies: bool = True) -> torch.autocast:
+        """``torch.autocast`` to bfloat16 on ``batch``'s device where ``precision`` asks for
+        it and ``applies``; otherwise a disabled one."""
+        return torch.autocast(batch.support_x.device.type, dtype=torch.bfloat16,
+                              enabled=applies and self.precision == "bfloat16")
+
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         """The direction in which to move ``params`` to improve adaptation on ``batch``."""
-        if self.batches(batch):
-            return self.meta_update_batched(params, batch)
-        return self.meta_update_loop(params, batch)
+        with self.autocast(batch, self.first_order):
+            if self.batches(batch):
+                return self.meta_update_batched(params, batch)
+            return self.meta_update_loop(params, batch)
 
     @abstractmethod
     def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
@@ -192,6 +222,10 @@ class MetaLearner(ABC):
         than ``vmap`` over them).
         """
         steps = self.eval_steps if steps is None else steps
+        with self.autocast(batch):
+            return self._evaluate(params, batch, steps)
+
+    def _evaluate(self, params: Params, batch: EpisodeBatch, steps: int) -> dict[str, Tensor]:
         if self.batches(batch):
             return self.evaluate_batched(params, batch, steps)
         with torch.no_grad():
