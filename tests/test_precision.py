@@ -28,6 +28,19 @@ class ConvDtypes(TorchDispatchMode):
         return out
 
 
+class MatmulDtypes(ConvDtypes):
+    """Records the dtype of every matrix product's output."""
+
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.OPS:
+            self.dtypes.add(out.dtype)
+        return out
+
+
 def _batch(tasks: int = 3, n_way: int = 5, queries: int = 3):
     g = torch.Generator().manual_seed(0)
     return stack_episodes([
@@ -93,3 +106,17 @@ def test_second_order_meta_updates_stay_float32_and_evaluation_is_bfloat16() -> 
             torch.testing.assert_close(values * queries, (values * queries).round())
         else:
             torch.testing.assert_close(values, ref[metric], rtol=0.05, atol=0.05)
+
+
+def test_central_training_honours_train_precision() -> None:
+    """``fedmeta train``'s path builds its learner with ``train.precision``: a short
+    sinusoid run under bfloat16 runs every matrix product in bfloat16 and still learns."""
+    from fedmeta.central import train_and_evaluate
+
+    cfg = config.load(overrides=["meta.algorithm=fomaml", "train.iterations=60",
+                                 "train.meta_batch=5", "train.eval_episodes=20",
+                                 "train.precision=bfloat16", "train.device=cpu"])
+    with MatmulDtypes() as seen:
+        summary = train_and_evaluate(cfg, progress=False)
+    assert seen.dtypes == {torch.bfloat16}
+    assert summary["post_loss"] < summary["pre_loss"]
