@@ -91,7 +91,7 @@ NOTES = [
      "nine shifted baddbmm likewise; so the grouped convolution stays, on CPU and GPU. "
      "Hence the automatic choice: batched on an accelerator or on several CPU threads "
      "(where every loop kernel ends in an OpenMP barrier and the batched step, with T times "
-     "fewer kernels, is 2-5x faster), the loop on one CPU thread."),
+     "fewer kernels, was 1.2-2.5x faster, 5x in an earlier run), the loop on one CPU thread."),
     ("torch.compile is not a contender: it rejects second-order MAML (torch 2.13: "
      "'torch.compile with aot_autograd does not currently support double backward')."),
 ]

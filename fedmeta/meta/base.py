@@ -116,8 +116,8 @@ class MetaLearner(ABC):
     (``first_order``), under ``torch.autocast`` to bfloat16 on the episodes' device:
     convolutions and matrix products in bfloat16, losses, batch-norm statistics,
     parameters, gradients and directions in float32. Second-order meta-updates stay in the
-    parameters' precision (their Hessian-vector products are where bfloat16's 8-bit
-    mantissa hurts most). Default ``float32``: no autocast.
+    parameters' precision (differentiating through an inner step in bfloat16 is not
+    measured here). Default ``float32``: no autocast.
 
     ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
     tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
@@ -159,9 +159,9 @@ class MetaLearner(ABC):
         AMD EPYC (torch 2.13, benchmarks/results/meta_throughput.md): on one thread a task's
         kernels (75 query images) already keep the core busy at about half of oneDNN's
         convolution rate, so batching buys no parallelism, only T-times larger working sets,
-        and the loop is 1.1-1.5x faster; on two threads every loop kernel ends in an OpenMP
+        and the loop is 1.1-1.6x faster; on two threads every loop kernel ends in an OpenMP
         barrier that waits for a core other jobs hold, and the batched step, with T times
-        fewer kernels, is 2-5x faster.
+        fewer kernels, is 1.2-2.5x faster (5x in an earlier run).
         """
         if not self.batchable or self.batched is False:
             return False
