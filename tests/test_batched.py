@@ -162,6 +162,30 @@ def test_anil_evaluation_runs_the_body_once_and_scores_as_the_whole_model(
                          for n in (batch.query_x.shape[1], batch.support_x.shape[1])]
 
 
+def test_step_grad_without_grad_mode_is_func_grad_without_a_graph() -> None:
+    """Under no_grad (first-order inner loops, evaluation) the inner-step gradient comes
+    from torch.autograd: the same numbers as torch.func.grad, and nothing to differentiate;
+    with grad mode on it is func.grad's, differentiable again."""
+    from torch.func import grad
+
+    model, batch, _ = _case("conv4")
+    params = dict(model.named_parameters())
+    x, y = batch.support_x[0], batch.support_y[0]
+
+    def loss(p):
+        return base.task_loss(functional_call(model, p, (x,)), y)
+
+    ref = grad(loss)({k: v.detach() for k, v in params.items()})
+    with torch.no_grad():
+        ours = base.step_grad(loss, params)
+    for k in params:
+        assert torch.equal(ours[k], ref[k]) and not ours[k].requires_grad
+    inner = base.step_grad(loss, params)
+    second = torch.autograd.grad(sum(g.pow(2).sum() for g in inner.values()),
+                                 params["body.0.0.weight"])[0]
+    assert second.abs().sum() > 0
+
+
 def test_second_order_terms_are_in_the_batched_gradient() -> None:
     """The batched MAML gradient is not the first-order one: the Hessian terms count."""
     model, batch, lr = _case("conv4")
