@@ -66,22 +66,32 @@ NOTES = [
     ("FLOPs: FlopCounterMode (convolutions and matmuls) sees through torch.func.grad: ours, "
      "higher and the plain loop count the same FLOPs for the same algorithm. (Under "
      "torch.func.vmap, fedmeta's earlier implementation, it counted 3.1x the plain loop's "
-     "FLOPs for second-order MAML: vmap's batching rules run other kernels.)"),
+     "FLOPs for second-order MAML: vmap's batching rules run other kernels.) The batched "
+     "steps are given the loop's count: they run the same arithmetic (the counts agree for "
+     "one task), but torch 2.13's counter charges a grouped convolution's weight gradient "
+     "as if every group saw all T*C input channels (T times its FLOPs: 2x the loop's total "
+     "on 4 tasks)."),
     ("Peaks: torch.mm goes to MKL sgemm and convolutions to oneDNN; where the two pick "
      "different instruction sets (MKL on AMD CPUs) their peaks differ, so both are given."),
     "higher 0.2.1 runs unchanged on this torch; no workaround was needed.",
-    ("Batched on one thread of this CPU (2-core AMD EPYC, AVX2, shared): every batched step "
-     "and the batched evaluation ran slower than the per-episode loop, so every one-thread goal "
-     "is missed; this is why learners loop on the CPU by default (batched=None; fedmeta runs "
-     "one thread per process) and batch on a GPU. The profiles (one thread) "
-     "show where: the batched step runs the same convolution FLOPs as the loop in T times fewer "
-     "calls, yet its convolution forward (grouped, T*64 channels side by side, with T times "
-     "larger weight reorders each call) and above all its batch-norm (3-4x the loop's time for "
-     "the same elements: the channels-last kernel over T*64 channels) and max-pooling take "
-     "longer. A task's kernels already see 75 query images, so on a CPU the loop is not "
-     "launch-bound and batching buys no parallelism, only T times larger working sets on a "
-     "host whose caches and memory bandwidth other jobs share. Untried here: batch-norm in "
-     "NCHW for the batched path, batching only the support set, tasks in chunks."),
+    ("Batched on one thread of this CPU (2-core AMD EPYC, AVX2, shared): the loop is already "
+     "close to what these kernels allow, so batching cannot reach the one-thread goals. The "
+     "FLOPs are the same (FlopCounterMode), and at a quiet moment (load 1.1) the loop's "
+     "convolutions ran near oneDNN's rate: per-task 64->64 convolutions on 75 images at "
+     "56-66 GFLOP/s forward (grouped: 70-77), and a whole first-order step of 8 tasks at 38 "
+     "GFLOP/s; 1.5x the plain loop would need 57 GFLOP/s for the whole step, batch-norm, "
+     "pooling and the Cin=1 first block (memory-bound) included. What batching adds on one "
+     "thread is T-times larger working sets: a first-block activation is 120 MB batched "
+     "against 15 MB per task (L3 32 MiB), above glibc's largest mmap threshold, so every "
+     "such tensor is a fresh mmap whose pages fault on first touch (a Conv4 forward of 75 "
+     "images: 157 ms by default, 72 ms with glibc's mmap disabled; the first block alone "
+     "97 vs 12 ms). benchmarks/conv_kernels.py measured the kernels the issue suggested: "
+     "im2col + torch.bmm (MKL sgemm, 28 GFLOP/s on this AMD CPU against oneDNN's 70) ran "
+     "3.5-4x slower than the grouped convolution on blocks 2-4 and no better on block 1; "
+     "nine shifted baddbmm likewise; so the grouped convolution stays, on CPU and GPU. "
+     "Hence the automatic choice: batched on an accelerator or on several CPU threads "
+     "(where every loop kernel ends in an OpenMP barrier and the batched step, with T times "
+     "fewer kernels, was 1.2-2.5x faster, 5x in an earlier run), the loop on one CPU thread."),
     ("torch.compile is not a contender: it rejects second-order MAML (torch 2.13: "
      "'torch.compile with aot_autograd does not currently support double backward')."),
 ]
@@ -318,7 +328,9 @@ def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int) ->
     flop_batch = synthetic_batch(args.flop_tasks, seed=1)
     scale = args.meta_batch / args.flop_tasks
     flops = {name: count_flops(step, flop_batch) * scale
-             for name, (_, step) in build_contenders(template).items()}
+             for name, (_, step) in build_contenders(template).items()
+             if not name.startswith("batched/")}
+    flops |= {f"batched/{a}": flops[f"loop/{a}"] for a in LEARNERS}  # see NOTES, FLOPs
     times = timed_rounds({n: step for n, (_, step) in contenders.items()}, batch, warmup,
                          rounds, f"{threads} thr train")
     evals = eval_contenders(template)

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from . import fleet as fleet_module
 from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
+from .meta.base import PRECISIONS
 from .meta.trainer import OPTIMIZERS
 from .tasks.benchmarks import DATASETS as BENCHMARKS, IMAGE_SIZE
 
@@ -100,7 +101,9 @@ class MetaConfig:
 @dataclass
 class TrainConfig:
     """Central meta-training: outer optimizer, iterations, meta-batch, evaluation; and
-    ``device``, where every entry point computes (``resolve_device``)."""
+    ``device``, where every entry point computes (``resolve_device``); ``precision``:
+    ``bfloat16`` runs evaluation and first-order meta-updates under bfloat16 autocast
+    (``fedmeta.meta.base.MetaLearner``), ``float32`` (default) does not."""
 
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"
@@ -109,6 +112,7 @@ class TrainConfig:
     eval_episodes: int = 600
     seed: int = 0
     device: str = AUTO  # auto | cpu | cuda | cuda:N (resolve_device)
+    precision: str = "float32"  # float32 | bfloat16 (autocast; MetaLearner)
 
 
 @dataclass
@@ -436,6 +440,8 @@ def _check(cfg: Config) -> None:
     if t.amplitude[0] < 0:
         raise ConfigError("task.amplitude", list(t.amplitude), "amplitudes >= 0")
     check_device_name(tr.device)
+    if tr.precision not in PRECISIONS:
+        raise ConfigError("train.precision", tr.precision, f"one of {list(PRECISIONS)}")
     _check_federation(cfg.federation)
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)

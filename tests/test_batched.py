@@ -134,6 +134,58 @@ def test_batched_evaluation_equals_the_loop_in_chunks(name: str, kind: str,
             torch.testing.assert_close(ours, values, rtol=TOL, atol=TOL, equal_nan=True)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_anil_evaluation_runs_the_body_once_and_scores_as_the_whole_model(
+        batched: bool) -> None:
+    """ANIL scores the queries' body features once for before and after adapting; the
+    reference is the generic scoring, which runs the whole model twice."""
+    from fedmeta.meta.base import MetaLearner
+    model, batch, lr = _case("conv4")
+    anil = build_learner("anil", model, inner_lr=lr, inner_steps=1, batched=batched)
+    params = _per_task(anil.init_params(), 1, seed=5)
+    params = {k: v[0] for k, v in params.items()}  # not the template's: heads matter
+    ours = anil.evaluate(params, batch, steps=3)
+    for i in range(len(batch)):
+        ref = MetaLearner._scores(anil, params, batch.support_x[i], batch.support_y[i],
+                                  batch.query_x[i], batch.query_y[i], 3, batch.n_way)
+        for metric, value in zip(("pre_loss", "pre_acc", "post_loss", "post_acc"), ref):
+            assert float(ours[metric][i]) == pytest.approx(float(value), rel=TOL, abs=TOL)
+    calls = []
+    body_forward = model.body.forward
+    model.body.forward = lambda x: calls.append(x.shape[0]) or body_forward(x)
+    try:
+        anil.evaluate(params, batch, steps=3)
+    finally:
+        del model.body.forward
+    if not batched:  # one call per episode for the support set, one for the queries
+        assert calls == [n for _ in range(len(batch))
+                         for n in (batch.query_x.shape[1], batch.support_x.shape[1])]
+
+
+def test_step_grad_without_grad_mode_is_func_grad_without_a_graph() -> None:
+    """Under no_grad (first-order inner loops, evaluation) the inner-step gradient comes
+    from torch.autograd: the same numbers as torch.func.grad, and nothing to differentiate;
+    with grad mode on it is func.grad's, differentiable again."""
+    from torch.func import grad
+
+    model, batch, _ = _case("conv4")
+    params = dict(model.named_parameters())
+    x, y = batch.support_x[0], batch.support_y[0]
+
+    def loss(p):
+        return base.task_loss(functional_call(model, p, (x,)), y)
+
+    ref = grad(loss)({k: v.detach() for k, v in params.items()})
+    with torch.no_grad():
+        ours = base.step_grad(loss, params)
+    for k in params:
+        assert torch.equal(ours[k], ref[k]) and not ours[k].requires_grad
+    inner = base.step_grad(loss, params)
+    second = torch.autograd.grad(sum(g.pow(2).sum() for g in inner.values()),
+                                 params["body.0.0.weight"])[0]
+    assert second.abs().sum() > 0
+
+
 def test_second_order_terms_are_in_the_batched_gradient() -> None:
     """The batched MAML gradient is not the first-order one: the Hessian terms count."""
     model, batch, lr = _case("conv4")
@@ -186,10 +238,18 @@ def test_episodes_of_mixed_shapes_are_scored_in_order_as_one_at_a_time() -> None
             assert ours[metric][i] == pytest.approx(float(values[0]), rel=TOL, abs=TOL)
 
 
-def test_default_batches_on_accelerators_only() -> None:
+def test_default_batches_on_accelerators_and_several_cpu_threads() -> None:
     model, batch, lr = _case("conv4")
     auto = build_learner("maml", model, inner_lr=lr)
-    assert auto.batched is None and not auto.batches(batch)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert auto.batched is None and not auto.batches(batch)
+        torch.set_num_threads(2)
+        assert auto.batches(batch)
+        assert not build_learner("maml", model, batched=False).batches(batch)
+    finally:
+        torch.set_num_threads(threads)
     meta = torch.device("meta")  # no data: only where the tensors live matters
     on_device = type(batch)(*(getattr(batch, f).to(meta) for f in
                               ("support_x", "support_y", "query_x", "query_y")), batch.n_way)

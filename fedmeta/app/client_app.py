@@ -67,7 +67,7 @@ def _device(partition: int, num_partitions: int, flat: tuple, model: str,
     algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
     learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
                             inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
-                            eval_steps=cfg.meta.eval_steps)
+                            eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
     source = build_device_tasks(cfg.task, partition, num_partitions,
                                 cfg.federation.num_held_out, seed=cfg.train.seed)
     fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None

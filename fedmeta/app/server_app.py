@@ -81,7 +81,8 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     with torch.random.fork_rng(devices=[]):  # the initial model from the seed, no side effect
         torch.manual_seed(cfg.train.seed)
         model = build_model(tasks.model, **tasks.model_kwargs)
-    learner = build_learner(algorithm.learner, model, **learner_kwargs)
+    learner = build_learner(algorithm.learner, model, precision=cfg.train.precision,
+                            **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer,
                           resolve_device(cfg.train.device))
     rows: list[Row] = []

@@ -102,7 +102,8 @@ class FleetRun:
         if plan.learner == base.name and plan.inner_steps == base.inner_steps:
             return base
         return build_learner(plan.learner, base.model, inner_lr=base.inner_lr,
-                             inner_steps=plan.inner_steps, eval_steps=base.eval_steps)
+                             inner_steps=plan.inner_steps, eval_steps=base.eval_steps,
+                             batched=base.batched, precision=base.precision)
 
     def encode(self, update: Params) -> Params:
         """``update`` as the server decodes it after ``fleet.compression``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,10 @@ from ..models.batched import batched_call, expand_params, supports_batching
 from ..tasks.episode import EpisodeBatch
 
 Params = dict[str, Tensor]
+
+PRECISIONS = ("float32", "bfloat16")
+"""``precision`` settings: ``bfloat16`` runs first-order meta-updates and evaluation under
+``torch.autocast`` (see ``MetaLearner``)."""
 
 EVAL_IMAGES = 2048
 """Images (support plus query, all tasks) per batched evaluation call: bounds its memory
@@ -49,8 +54,8 @@ def task_loss(output: Tensor, target: Tensor) -> Tensor:
 def task_accuracy(output: Tensor, target: Tensor) -> Tensor:
     """Fraction of correct arg-max predictions (NaN for regression)."""
     if target.dtype == torch.int64:
-        return (output.argmax(-1) == target).to(output.dtype).mean()
-    return torch.full((), math.nan, dtype=output.dtype)
+        return (output.argmax(-1) == target).to(_score_dtype(output)).mean()
+    return torch.full((), math.nan, dtype=_score_dtype(output))
 
 
 def task_losses(output: Tensor, target: Tensor) -> Tensor:
@@ -64,9 +69,33 @@ def task_losses(output: Tensor, target: Tensor) -> Tensor:
 def task_accuracies(output: Tensor, target: Tensor) -> Tensor:
     """``task_accuracy`` of each task of ``(T, n, ...)`` outputs and targets: ``(T,)``."""
     if target.dtype == torch.int64:
-        return (output.argmax(-1) == target).to(output.dtype).mean(1)
-    return torch.full(target.shape[:1], math.nan, dtype=output.dtype,
+        return (output.argmax(-1) == target).to(_score_dtype(output)).mean(1)
+    return torch.full(target.shape[:1], math.nan, dtype=_score_dtype(output),
                       device=output.device)
+
+
+def _score_dtype(output: Tensor) -> torch.dtype:
+    """Scores in at least float32 (bfloat16 outputs under autocast: an accuracy of 11/15
+    would round to 0.734)."""
+    return torch.promote_types(output.dtype, torch.float32)
+
+
+def step_grad(loss_fn: Callable[[Params], Tensor], params: Params) -> Params:
+    """``torch.func.grad(loss_fn)(params)``: the gradient an inner step descends.
+
+    Where grad mode is off (first-order learners' inner loops, evaluation: nothing
+    differentiates through the step) the same gradient comes from ``torch.autograd`` on
+    detached leaves, which does not record a graph of the backward pass (``func.grad``
+    always does, for differentiating through it): on Conv4 (one CPU thread, torch 2.13,
+    paired on a busy host) first-order MAML 1.12x and evaluation 1.14x faster, Reptile
+    unchanged. The kernels, and so the numbers, are the same.
+    """
+    if torch.is_grad_enabled():
+        return grad(loss_fn)(params)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss_fn(leaves), list(leaves.values()))
+    return dict(zip(leaves, grads))
 
 
 def check_positive(field: str, value: float | int, integer: bool = False) -> None:
@@ -83,41 +112,61 @@ class MetaLearner(ABC):
     ``inner_lr`` and ``inner_steps`` define the adaptation on a support set; ``eval_steps``
     (default ``inner_steps``) is how many steps evaluation adapts for.
 
+    ``precision="bfloat16"`` runs evaluation, and the meta-updates of first-order learners
+    (``first_order``), under ``torch.autocast`` to bfloat16 on the episodes' device:
+    convolutions and matrix products in bfloat16, losses, batch-norm statistics,
+    parameters, gradients and directions in float32. Second-order meta-updates stay in the
+    parameters' precision (differentiating through an inner step in bfloat16 is not
+    measured here). Default ``float32``: no autocast.
+
     ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
     tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
     ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
-    against), or ``None`` (default): together where the episodes are on an accelerator, one
-    at a time on the CPU, where the loop was measured faster (see ``batches``). Models that
-    ``supports_batching`` rejects always run one episode at a time.
+    against), or ``None`` (default): together where the episodes are on an accelerator or
+    the CPU computes on several threads, one at a time on a single CPU thread, where the
+    loop was measured faster (see ``batches``). Models that ``supports_batching`` rejects
+    always run one episode at a time.
     """
 
     name: str = ""
+    first_order: bool = True
+    """Whether ``meta_update`` needs no second derivatives (``precision`` applies to it)."""
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
-                 eval_steps: int | None = None, batched: bool | None = None) -> None:
+                 eval_steps: int | None = None, batched: bool | None = None,
+                 precision: str = "float32") -> None:
         check_positive("inner_lr", inner_lr)
         check_positive("inner_steps", inner_steps, integer=True)
         if eval_steps is not None:
             check_positive("eval_steps", eval_steps, integer=True)
         if batched is not None and not isinstance(batched, bool):
             raise ConfigError("batched", batched, "true, false or null (by device)")
+        if precision not in PRECISIONS:
+            raise ConfigError("precision", precision, f"one of {list(PRECISIONS)}")
         self.model = model.train()
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
         self.batched = batched
+        self.precision = precision
         self.batchable = supports_batching(model)
 
     def batches(self, batch: EpisodeBatch) -> bool:
-        """Whether ``batch``'s episodes run together (see the class docstring). On one
-        thread of a busy 2-core AMD EPYC (torch 2.13) the batched Conv4 step was measured
-        1.5-2x slower than the loop: a task's kernels (75 query images) already fill one
-        core, and the batched ones' working sets are T times larger; on two threads it
-        looked faster, too noisily to make it the default
-        (benchmarks/results/meta_throughput.md)."""
+        """Whether ``batch``'s episodes run together (see the class docstring).
+
+        By default (``batched=None``) on an accelerator, and on the CPU when torch runs more
+        than one intra-op thread (``torch.get_num_threads()``). Measured on a shared 2-core
+        AMD EPYC (torch 2.13, benchmarks/results/meta_throughput.md): on one thread a task's
+        kernels (75 query images) already keep the core busy at about half of oneDNN's
+        convolution rate, so batching buys no parallelism, only T-times larger working sets,
+        and the loop is 1.1-1.6x faster; on two threads every loop kernel ends in an OpenMP
+        barrier that waits for a core other jobs hold, and the batched step, with T times
+        fewer kernels, is 1.2-2.5x faster (5x in an earlier run).
+        """
         if not self.batchable or self.batched is False:
             return False
-        return self.batched is True or batch.support_x.device.type != "cpu"
+        return (self.batched is True or batch.support_x.device.type != "cpu"
+                or torch.get_num_threads() > 1)
 
     # -- what a learner defines -------------------------------------------------------------
     def init_params(self) -> Params:
@@ -133,7 +182,7 @@ class MetaLearner(ABC):
         """Fast weights after ``steps`` SGD steps (``inner_lr``) on the support set."""
         fast = params
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_loss(self.predict(p, support_x), support_y))(fast)
+            g = step_grad(lambda p: task_loss(self.predict(p, support_x), support_y), fast)
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
@@ -147,16 +196,23 @@ class MetaLearner(ABC):
         task, exactly that task's gradient."""
         fast = params
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_losses(self.predict_many(p, support_x),
-                                           support_y).sum())(fast)
+            g = step_grad(lambda p: task_losses(self.predict_many(p, support_x),
+                                                support_y).sum(), fast)
             fast = {k: fast[k] - self.inner_lr * g[k] for k in fast}
         return fast
 
+    def autocast(self, batch: EpisodeBatch, applies: bool = True) -> torch.autocast:
+        """``torch.autocast`` to bfloat16 on ``batch``'s device where ``precision`` asks for
+        it and ``applies``; otherwise a disabled one."""
+        return torch.autocast(batch.support_x.device.type, dtype=torch.bfloat16,
+                              enabled=applies and self.precision == "bfloat16")
+
     def meta_update(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         """The direction in which to move ``params`` to improve adaptation on ``batch``."""
-        if self.batches(batch):
-            return self.meta_update_batched(params, batch)
-        return self.meta_update_loop(params, batch)
+        with self.autocast(batch, self.first_order):
+            if self.batches(batch):
+                return self.meta_update_batched(params, batch)
+            return self.meta_update_loop(params, batch)
 
     @abstractmethod
     def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
@@ -185,6 +241,10 @@ class MetaLearner(ABC):
         than ``vmap`` over them).
         """
         steps = self.eval_steps if steps is None else steps
+        with self.autocast(batch):
+            return self._evaluate(params, batch, steps)
+
+    def _evaluate(self, params: Params, batch: EpisodeBatch, steps: int) -> dict[str, Tensor]:
         if self.batches(batch):
             return self.evaluate_batched(params, batch, steps)
         with torch.no_grad():

@@ -24,6 +24,7 @@ class FirstOrderMAML(MAML):
     """MAML without differentiating through the inner loop."""
 
     name = "fomaml"
+    first_order = True
 
     def meta_update_loop(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
         detached = {k: v.detach() for k, v in params.items()}

@@ -71,6 +71,7 @@ class MAML(MetaLearner):
     """Second-order MAML; subclasses change how ``adapt`` or ``predict`` work."""
 
     name = "maml"
+    first_order = False
 
     def _query_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor,
                     qy: Tensor) -> tuple[Tensor, Aux]:

@@ -11,9 +11,8 @@ is meta-learned by the same second-order gradient as ``theta``.
 from __future__ import annotations
 
 from torch import Tensor
-from torch.func import grad
 
-from .base import Params, task_loss, task_losses
+from .base import Params, step_grad, task_loss, task_losses
 from .maml import MAML
 
 LR_PREFIX = "inner_lr."
@@ -37,8 +36,8 @@ class MetaSGD(MAML):
               steps: int | None = None) -> Params:
         weights = {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_loss(super(MetaSGD, self).predict(p, support_x),
-                                         support_y))(weights)
+            g = step_grad(lambda p: task_loss(super(MetaSGD, self).predict(p, support_x),
+                                              support_y), weights)
             weights = {k: weights[k] - params[LR_PREFIX + k] * g[k] for k in weights}
         return weights
 
@@ -50,7 +49,7 @@ class MetaSGD(MAML):
                    steps: int | None = None) -> Params:
         weights = {k: v for k, v in params.items() if not k.startswith(LR_PREFIX)}
         for _ in range(self.inner_steps if steps is None else steps):
-            g = grad(lambda p: task_losses(super(MetaSGD, self).predict_many(p, support_x),
-                                           support_y).sum())(weights)
+            g = step_grad(lambda p: task_losses(
+                super(MetaSGD, self).predict_many(p, support_x), support_y).sum(), weights)
             weights = {k: weights[k] - params[LR_PREFIX + k] * g[k] for k in weights}
         return weights

@@ -72,6 +72,7 @@ class PerFedAvgHF(PerFedAvgFO):
     """Per-FedAvg, Hessian-free: the FO direction corrected by a finite-difference HVP."""
 
     name = "perfedavg-hf"
+    first_order = False
     delta: float = 1e-3
 
     def _direction(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor,
