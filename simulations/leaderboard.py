@@ -165,7 +165,7 @@ def federated_config(job: Job, rounds: int | None = None) -> dict[str, Any]:
                            "eval_episodes": b.val_episodes,
                            **({"server_lr": job.server_lr}
                               if r.algorithm.startswith("fedmeta") else {})},
-            "fleet": {"tiers": "phone:1.0", "policy": "wait"},  # simulated device time only
+            "fleet": {"tiers": "phone:1.0:0:1.0", "policy": "wait"},  # always available: clock only
             "simulation": {"ray_cpus": 1},
             "train": {"seed": job.seed}}
 
