@@ -50,11 +50,11 @@ class Budget:
     devices_per_round: int = 5
     episodes_per_device: int = 4  # a device's local meta-batch
     central_meta_batch: int = 8
-    eval_every: int = 10  # rounds between validation scores of federated runs
-    val_episodes: int = 30  # per held-out (validation) device and evaluation
-    test_episodes_5: int = 400
-    test_episodes_20: int = 200
-    lake_runs: int = 200
+    eval_every: int = 15  # rounds between validation scores of federated runs
+    val_episodes: int = 20  # per held-out (validation) device and evaluation
+    test_episodes_5: int = 200  # per seed: 600 over three seeds
+    test_episodes_20: int = 100
+    lake_runs: int = 100
     sweep_rounds: int = 30
     sweep_grid: tuple[tuple[float, float], ...] = ((0.1, 0.003), (0.1, 0.01), (0.4, 0.003),
                                                    (0.4, 0.01))  # (inner_lr, server_lr)
@@ -65,7 +65,7 @@ class Budget:
 
 
 QUICK = Budget(episodes_5=320, episodes_20=160, eval_every=8, val_episodes=20,
-               test_episodes_5=200, test_episodes_20=100, lake_runs=60, sweep_rounds=8,
+               test_episodes_5=150, test_episodes_20=100, lake_runs=60, sweep_rounds=8,
                sweep_grid=((0.4, 0.01),), seeds=(0,))
 
 
