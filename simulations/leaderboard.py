@@ -9,9 +9,9 @@ the runs; ``--quick`` shrinks every budget for CI without changing the protocol'
 Writes to ``--out``: ``jobs/<job>/`` (one folder per training run: its record, and for
 federated rows the ``fedmeta run`` outputs), ``leaderboard.md`` (the table, with the
 protocol, goals and the command), ``leaderboard.json`` (every job's record and the
-aggregated rows), ``curves.png`` (validation accuracy of the federated runs by round) and
-``accuracy.png`` (test accuracy per row, mean and 95% CI over seeds). Finished jobs are
-reused when the script runs again with the same protocol, so an interrupted leaderboard
+aggregated rows), ``leaderboard_curves.png`` (validation accuracy of the federated runs by
+round) and ``leaderboard_accuracy.png`` (test accuracy per row, mean and 95% CI over
+seeds). Finished jobs are reused when the script runs again with the same protocol, so an interrupted leaderboard
 resumes; ``--readme README.md`` also replaces the README's leaderboard table.
 
     python simulations/leaderboard.py --data-dir ../shared/data/omniglot --workers 2

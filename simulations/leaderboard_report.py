@@ -237,8 +237,8 @@ def write_report(out: Path, records: list[dict], sweep: list[dict], protocol: di
         {"protocol": protocol, "run": run, "rows": entries,
          "jobs": [{k: v for k, v in r.items() if k != "scores"} for r in records]},
         indent=1, default=float))
-    plot_curves(records, out / "curves.png")
-    plot_bars(entries, out / "accuracy.png")
+    plot_curves(records, out / "leaderboard_curves.png")
+    plot_bars(entries, out / "leaderboard_accuracy.png")
     if readme is not None:
         replace_between(readme, body)
     print("\n".join(text))
