@@ -3,16 +3,16 @@
 Every row trains at the same number of training episodes per setting, on the same training
 alphabets, and is scored once, on the same test episodes, on alphabets nobody trained or
 tuned on. Hyperparameters come from a small sweep scored on a validation alphabet only.
-The protocol (``PROTOCOL`` below, and the header of the written table) is declared before
-the runs; ``--quick`` shrinks every budget for CI without changing the protocol's shape.
+The protocol (``Budget`` and ``rows`` below; its text heads the written table) is declared
+before the runs; ``--quick`` shrinks every budget for CI without changing the protocol's shape.
 
 Writes to ``--out``: ``jobs/<job>/`` (one folder per training run: its record, and for
 federated rows the ``fedmeta run`` outputs), ``leaderboard.md`` (the table, with the
 protocol, goals and the command), ``leaderboard.json`` (every job's record and the
 aggregated rows), ``leaderboard_curves.png`` (validation accuracy of the federated runs by
 round) and ``leaderboard_accuracy.png`` (test accuracy per row, mean and 95% CI over
-seeds). Finished jobs are reused when the script runs again with the same protocol, so an interrupted leaderboard
-resumes; ``--readme README.md`` also replaces the README's leaderboard table.
+seeds). Finished jobs are reused when the script runs again with the same protocol, so an
+interrupted leaderboard resumes; ``--readme README.md`` also replaces the README's leaderboard table.
 
     python simulations/leaderboard.py --data-dir ../shared/data/omniglot --workers 2
 """
