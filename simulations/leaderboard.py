@@ -101,12 +101,13 @@ def rows(quick: bool) -> list[Row]:
         out += [Row("fine-tune the initial model", "init", "fomaml", ways),
                 Row("central MAML", "central", "maml", ways, headline=ways == 5),
                 Row("central first-order MAML", "central", "fomaml", ways),
-                Row("central ANIL", "central", "anil", ways, headline=ways == 5),
+                Row("central ANIL", "central", "anil", ways, headline=False),
                 Row("central Prototypical Networks", "central", "protonet", ways)]
         for part in ("drawer4", "drawer") + (("alphabet", "dirichlet") if ways == 5 else ()):
             out.append(Row(f"fedmeta-fomaml ({part})", "federated", "fedmeta-fomaml", ways,
                            part, headline=part in ("drawer4", "drawer")))
-        out.append(Row("fedavg-ft (drawer4)", "federated", "fedavg-ft", ways, "drawer4"))
+        out.append(Row("fedavg-ft (drawer4)", "federated", "fedavg-ft", ways, "drawer4",
+                       headline=ways == 5))
     return out
 
 
@@ -348,10 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     inner_lr, server_lr, sweep_records = sweep(args, budget, args.out)
     print(f"sweep: inner_lr {inner_lr}, server_lr {server_lr} (validation: {VALIDATION})")
-    first, *others = budget.seeds  # every row once, then headline rows' seeds, then the rest
-    order = [(first, row) for row in rows(args.quick)] \
-        + [(seed, row) for row in rows(args.quick) if row.headline for seed in others] \
-        + [(seed, row) for row in rows(args.quick) if not row.headline for seed in others]
+    # headline rows at every seed first, then the other rows' first seed, then their others
+    first, *others = budget.seeds
+    headline = [row for row in rows(args.quick) if row.headline]
+    rest = [row for row in rows(args.quick) if not row.headline]
+    order = [(seed, row) for seed in budget.seeds for row in headline] \
+        + [(first, row) for row in rest] + [(seed, row) for seed in others for row in rest]
     jobs = [Job(row, seed, inner_lr, server_lr, budget, args.data_dir) for seed, row in order]
     records = run_all(jobs, args.out, args.workers)
     command = "python simulations/leaderboard.py " + " ".join(sys.argv[1:] if argv is None
