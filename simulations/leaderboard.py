@@ -56,8 +56,8 @@ class Budget:
     test_episodes_20: int = 100
     lake_runs: int = 100
     sweep_rounds: int = 30
-    sweep_grid: tuple[tuple[float, float], ...] = ((0.1, 0.003), (0.1, 0.01), (0.4, 0.003),
-                                                   (0.4, 0.01))  # (inner_lr, server_lr)
+    inner_lr: float = 0.4  # MAML's Omniglot inner step, for every row (not swept)
+    sweep_grid: tuple[float, ...] = (0.003, 0.01)  # federated server Adam steps tried
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def episodes(self, ways: int) -> int:
@@ -66,7 +66,7 @@ class Budget:
 
 QUICK = Budget(episodes_5=320, episodes_20=160, eval_every=8, val_episodes=20,
                test_episodes_5=150, test_episodes_20=100, lake_runs=60, sweep_rounds=8,
-               sweep_grid=((0.4, 0.01),), seeds=(0,))
+               sweep_grid=(0.01,), seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -294,16 +294,22 @@ def run_all(jobs: list[Job], out: Path, workers: int) -> list[dict[str, Any]]:
     return records
 
 
-def sweep(args: argparse.Namespace, budget: Budget, out: Path) -> tuple[float, float, list]:
-    """(inner_lr, server_lr) of the best sweep run, scored on the validation alphabet."""
-    if len(budget.sweep_grid) == 1:  # nothing to choose (--quick)
-        return *budget.sweep_grid[0], []
+def sweep_jobs(budget: Budget, data_dir: str) -> list[Job]:
+    """The sweep of the federated server step, scored on the validation alphabet (none
+    when the grid has one point: nothing to choose, as in ``--quick``)."""
+    if len(budget.sweep_grid) == 1:
+        return []
     row = Row("fedmeta-fomaml (drawer4)", "federated", "fedmeta-fomaml", 5, "drawer4")
-    jobs = [Job(row, 0, inner, server, budget, args.data_dir, "sweep")
-            for inner, server in budget.sweep_grid]
-    records = run_all(jobs, out, args.workers)
-    best = max(records, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))
-    return best["inner_lr"], best["server_lr"], records
+    return [Job(row, 0, budget.inner_lr, server, budget, data_dir, "sweep")
+            for server in budget.sweep_grid]
+
+
+def best_server_lr(budget: Budget, records: list[dict]) -> float:
+    """The server step of the sweep run with the best validation accuracy."""
+    sweeps = [r for r in records if r["stage"] == "sweep"]
+    if not sweeps:
+        return budget.sweep_grid[0]
+    return max(sweeps, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))["server_lr"]
 
 
 def protocol(budget: Budget, quick: bool) -> dict[str, Any]:
@@ -347,16 +353,28 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(declared, indent=1))
     start = time.perf_counter()
-    inner_lr, server_lr, sweep_records = sweep(args, budget, args.out)
-    print(f"sweep: inner_lr {inner_lr}, server_lr {server_lr} (validation: {VALIDATION})")
-    # headline rows at every seed first, then the other rows' first seed, then their others
+    # central rows do not depend on the federated server step: they run beside the sweep
     first, *others = budget.seeds
     headline = [row for row in rows(args.quick) if row.headline]
     rest = [row for row in rows(args.quick) if not row.headline]
     order = [(seed, row) for seed in budget.seeds for row in headline] \
         + [(first, row) for row in rest] + [(seed, row) for seed in others for row in rest]
-    jobs = [Job(row, seed, inner_lr, server_lr, budget, args.data_dir) for seed, row in order]
-    records = run_all(jobs, args.out, args.workers)
+    server_lr = budget.sweep_grid[0]
+
+    def jobs(pick) -> list[Job]:
+        return [Job(row, seed, budget.inner_lr, server_lr, budget, args.data_dir)
+                for seed, row in order if pick(row)]
+
+    early = run_all(sweep_jobs(budget, args.data_dir)
+                    + jobs(lambda r: r.headline and r.kind != "federated"), args.out,
+                    args.workers)
+    server_lr = best_server_lr(budget, early)
+    print(f"sweep: server step {server_lr} (validation: {VALIDATION})", flush=True)
+    records = [r for r in early if r["stage"] == "final"] \
+        + run_all(jobs(lambda r: r.headline and r.kind == "federated"), args.out, args.workers) \
+        + run_all(jobs(lambda r: not r.headline), args.out, args.workers)
+    sweep_records = [r for r in early if r["stage"] == "sweep"]
+    inner_lr = budget.inner_lr
     command = "python simulations/leaderboard.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv)
     write_report(args.out, records, sweep_records, declared, {

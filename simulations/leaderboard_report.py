@@ -257,9 +257,12 @@ PROTOCOL_TEXT = """\
 Protocol (declared before the runs). Data: the reduced Omniglot background sets
 (`../shared/data/omniglot/`, 8 alphabets). Test alphabets: {test}, scored once per final
 model on the same episodes for every row ({test_episodes_5} 5-way and {test_episodes_20}
-20-way 1-shot episodes, 5 adaptation steps of the swept inner step; no rotations, real
-images only). Validation alphabet: {val}, used for the hyperparameter sweep and the
-federated runs' curves only. Training alphabets: the other five, with 90-degree rotations
+20-way 1-shot episodes, 5 adaptation steps of {inner_lr}; no rotations, real images
+only). Validation alphabet: {val}, used for the sweep and the federated runs' curves only.
+Sweep: the federated server Adam step among {sweep_grid}, fedmeta-fomaml on drawer4,
+5-way, {sweep_rounds} rounds, seed 0; not swept for lack of compute: the inner step
+({inner_lr}, MAML's Omniglot value, every row), 1 inner step in training, 1 local step
+per round, a device meta-batch of {episodes_per_device}, central Adam 0.001. Training alphabets: the other five, with 90-degree rotations
 as extra classes. Budget (the stopping rule): a fixed number of training episodes per
 setting, equal for every row: {episodes_5} 5-way episodes (central: {it5} meta-updates of
 {central_meta_batch}; federated: {rounds5} rounds x {devices_per_round} devices x
