@@ -55,9 +55,9 @@ class Budget:
     test_episodes_5: int = 200  # per seed: 600 over three seeds
     test_episodes_20: int = 100
     lake_runs: int = 100
-    sweep_rounds: int = 30
-    inner_lr: float = 0.4  # MAML's Omniglot inner step, for every row (not swept)
-    sweep_grid: tuple[float, ...] = (0.003, 0.01)  # federated server Adam steps tried
+    sweep_episodes: int = 600  # central first-order MAML, 5-way, per sweep point
+    server_lr: float = 0.01  # federated server Adam step (fedmeta's default, not swept)
+    sweep_grid: tuple[float, ...] = (0.1, 0.4)  # inner steps tried (0.4: MAML's Omniglot)
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def episodes(self, ways: int) -> int:
@@ -65,8 +65,8 @@ class Budget:
 
 
 QUICK = Budget(episodes_5=320, episodes_20=160, eval_every=8, val_episodes=20,
-               test_episodes_5=150, test_episodes_20=100, lake_runs=60, sweep_rounds=8,
-               sweep_grid=(0.01,), seeds=(0,))
+               test_episodes_5=150, test_episodes_20=100, lake_runs=60, sweep_episodes=80,
+               sweep_grid=(0.4,), seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def rows(quick: bool) -> list[Row]:
                 Row("central Prototypical Networks", "central", "protonet", ways)]
         for part in ("drawer4", "drawer") + (("alphabet", "dirichlet") if ways == 5 else ()):
             out.append(Row(f"fedmeta-fomaml ({part})", "federated", "fedmeta-fomaml", ways,
-                           part, headline=part in ("drawer4", "drawer")))
+                           part, headline=part == "drawer4" or (part, ways) == ("drawer", 5)))
         out.append(Row("fedavg-ft (drawer4)", "federated", "fedavg-ft", ways, "drawer4",
                        headline=ways == 5))
     return out
@@ -145,10 +145,11 @@ def central_config(job: Job, held_out: str, excluded: str) -> dict[str, Any]:
             "meta": {"algorithm": algorithm, "inner_lr": job.inner_lr,
                      "inner_steps": 1, "eval_steps": 5},
             "train": {"seed": job.seed, "meta_batch": b.central_meta_batch,
-                      "iterations": b.episodes(job.row.ways) // b.central_meta_batch}}
+                      "iterations": (b.sweep_episodes if job.stage == "sweep"
+                                     else b.episodes(job.row.ways)) // b.central_meta_batch}}
 
 
-def federated_config(job: Job, rounds: int | None = None) -> dict[str, Any]:
+def federated_config(job: Job) -> dict[str, Any]:
     """The run's config: held-out devices hold the VALIDATION alphabet (its curve and the
     cost-to-target columns), the test alphabets are excluded from the run entirely."""
     b, r = job.budget, job.row
@@ -160,7 +161,7 @@ def federated_config(job: Job, rounds: int | None = None) -> dict[str, Any]:
     return {"task": task,
             "meta": {"inner_lr": job.inner_lr, "inner_steps": 1, "eval_steps": 5},
             "federation": {"algorithm": r.algorithm, "num_devices": devices + held,
-                           "num_held_out": held, "rounds": rounds or b.episodes(r.ways) // per_round,
+                           "num_held_out": held, "rounds": b.episodes(r.ways) // per_round,
                            "fraction_train": 0.0, "min_train_devices": b.devices_per_round,
                            "meta_batch": b.episodes_per_device, "eval_every": b.eval_every,
                            "eval_episodes": b.val_episodes,
@@ -195,8 +196,7 @@ def run_job(job: Job, folder: Path) -> dict[str, Any]:
     if job.row.kind == "federated":
         import fedmeta
 
-        fed_cfg = cfgmod.from_dict(federated_config(
-            job, job.budget.sweep_rounds if job.stage == "sweep" else None))
+        fed_cfg = cfgmod.from_dict(federated_config(job))
         frame = fedmeta.simulate(fed_cfg, out=folder / "run", progress=False, overwrite=True)
         checkpoint = frame.attrs["checkpoint"]
         learner = checkpoint.learner()
@@ -274,8 +274,10 @@ def run_all(jobs: list[Job], out: Path, workers: int) -> list[dict[str, Any]]:
     records, todo = [], []
     for job in jobs:
         path = out / "jobs" / job.key / "job.json"
-        if path.is_file():
-            records.append(json.loads(path.read_text()))
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record and record["inner_lr"] == job.inner_lr and (
+                job.row.kind != "federated" or record["server_lr"] == job.server_lr):
+            records.append(record)
         else:
             todo.append(job)
     print(f"{len(records)} jobs done before, {len(todo)} to run", flush=True)
@@ -295,21 +297,21 @@ def run_all(jobs: list[Job], out: Path, workers: int) -> list[dict[str, Any]]:
 
 
 def sweep_jobs(budget: Budget, data_dir: str) -> list[Job]:
-    """The sweep of the federated server step, scored on the validation alphabet (none
-    when the grid has one point: nothing to choose, as in ``--quick``)."""
+    """The sweep of the inner step: central first-order MAML, 5-way, scored on the
+    validation alphabet (none when the grid has one point: nothing to choose)."""
     if len(budget.sweep_grid) == 1:
         return []
-    row = Row("fedmeta-fomaml (drawer4)", "federated", "fedmeta-fomaml", 5, "drawer4")
-    return [Job(row, 0, budget.inner_lr, server, budget, data_dir, "sweep")
-            for server in budget.sweep_grid]
+    row = Row("central first-order MAML", "central", "fomaml", 5)
+    return [Job(row, 0, inner, budget.server_lr, budget, data_dir, "sweep")
+            for inner in budget.sweep_grid]
 
 
-def best_server_lr(budget: Budget, records: list[dict]) -> float:
-    """The server step of the sweep run with the best validation accuracy."""
+def best_inner_lr(budget: Budget, records: list[dict]) -> float:
+    """The inner step of the sweep run with the best validation accuracy."""
     sweeps = [r for r in records if r["stage"] == "sweep"]
     if not sweeps:
         return budget.sweep_grid[0]
-    return max(sweeps, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))["server_lr"]
+    return max(sweeps, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))["inner_lr"]
 
 
 def protocol(budget: Budget, quick: bool) -> dict[str, Any]:
@@ -353,28 +355,19 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(declared, indent=1))
     start = time.perf_counter()
-    # central rows do not depend on the federated server step: they run beside the sweep
+    inner_lr = best_inner_lr(budget, sweep_records := run_all(
+        sweep_jobs(budget, args.data_dir), args.out, args.workers))
+    print(f"sweep: inner step {inner_lr} (validation: {VALIDATION})", flush=True)
+    server_lr = budget.server_lr
+    # headline rows at every seed (federated first: they take longest), then the others
+    rows_ = rows(args.quick)
+    headline = sorted((r for r in rows_ if r.headline), key=lambda r: r.kind != "federated")
+    rest = [r for r in rows_ if not r.headline]
     first, *others = budget.seeds
-    headline = [row for row in rows(args.quick) if row.headline]
-    rest = [row for row in rows(args.quick) if not row.headline]
     order = [(seed, row) for seed in budget.seeds for row in headline] \
         + [(first, row) for row in rest] + [(seed, row) for seed in others for row in rest]
-    server_lr = budget.sweep_grid[0]
-
-    def jobs(pick) -> list[Job]:
-        return [Job(row, seed, budget.inner_lr, server_lr, budget, args.data_dir)
-                for seed, row in order if pick(row)]
-
-    early = run_all(sweep_jobs(budget, args.data_dir)
-                    + jobs(lambda r: r.headline and r.kind != "federated"), args.out,
-                    args.workers)
-    server_lr = best_server_lr(budget, early)
-    print(f"sweep: server step {server_lr} (validation: {VALIDATION})", flush=True)
-    records = [r for r in early if r["stage"] == "final"] \
-        + run_all(jobs(lambda r: r.headline and r.kind == "federated"), args.out, args.workers) \
-        + run_all(jobs(lambda r: not r.headline), args.out, args.workers)
-    sweep_records = [r for r in early if r["stage"] == "sweep"]
-    inner_lr = budget.inner_lr
+    records = run_all([Job(row, seed, inner_lr, server_lr, budget, args.data_dir)
+                       for seed, row in order], args.out, args.workers)
     command = "python simulations/leaderboard.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv)
     write_report(args.out, records, sweep_records, declared, {

@@ -225,12 +225,12 @@ def write_report(out: Path, records: list[dict], sweep: list[dict], protocol: di
             f"Command: `{run['command']}` (git {run['git']}); this invocation "
             f"{run['wall_s_this_invocation'] / 60:.0f} min on {run['host']['cpu']} "
             f"({run['host']['cores']} cores, one torch thread per run, shared with other "
-            f"work). Chosen by the sweep: inner step {run['inner_lr']}, server Adam step "
+            f"work). Chosen by the sweep: inner step {run['inner_lr']}; server Adam step "
             f"{run['server_lr']}.", "", body, "## Goals (issue #23)", "", *goals(entries), "",
             NOTES, ""]
     if sweep_lines:
-        text += ["## Sweep (validation alphabet only, seed 0, fedmeta-fomaml on drawer4, "
-                 f"5-way, {b['sweep_rounds']} rounds)", "",
+        text += ["## Sweep (validation alphabet only, seed 0, central first-order MAML, "
+                 f"5-way, {b['sweep_episodes']} episodes)", "",
                  "| inner step | server step | validation acc % |", "|---|---|---|",
                  *sweep_lines, ""]
     (out / "leaderboard.md").write_text("\n".join(text))
@@ -258,12 +258,13 @@ PROTOCOL_TEXT = """\
 Protocol (declared before the runs). Data: the reduced Omniglot background sets
 (`../shared/data/omniglot/`, 8 alphabets). Test alphabets: {test}, scored once per final
 model on the same episodes for every row ({test_episodes_5} 5-way and {test_episodes_20}
-20-way 1-shot episodes, 5 adaptation steps of {inner_lr}; no rotations, real images
-only). Validation alphabet: {val}, used for the sweep and the federated runs' curves only.
-Sweep: the federated server Adam step among {sweep_grid}, fedmeta-fomaml on drawer4,
-5-way, {sweep_rounds} rounds, seed 0; not swept for lack of compute: the inner step
-({inner_lr}, MAML's Omniglot value, every row), 1 inner step in training, 1 local step
-per round, a device meta-batch of {episodes_per_device}, central Adam 0.001. Training alphabets: the other five, with 90-degree rotations
+20-way 1-shot episodes, 5 adaptation steps of the chosen inner step; no rotations, real
+images only). Validation alphabet: {val}, used for the sweep and the federated runs' curves only.
+Sweep: the inner step among {sweep_grid} (central first-order MAML, 5-way,
+{sweep_episodes} episodes, seed 0, scored on the validation alphabet); not swept for lack
+of compute: the federated server Adam step ({server_lr}, fedmeta's default), 1 inner step in
+training, 1 local step per round, a device meta-batch of {episodes_per_device}, central
+Adam 0.001. Training alphabets: the other five, with 90-degree rotations
 as extra classes. Budget (the stopping rule): a fixed number of training episodes per
 setting, equal for every row: {episodes_5} 5-way episodes (central: {it5} meta-updates of
 {central_meta_batch}; federated: {rounds5} rounds x {devices_per_round} devices x
