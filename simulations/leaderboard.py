@@ -268,9 +268,10 @@ def curve(frame: Any) -> list[dict[str, float]]:
     return ev[cols].astype(float).to_dict("records")
 
 
-def run_all(jobs: list[Job], out: Path, workers: int) -> list[dict[str, Any]]:
+def run_all(jobs: list[Job], out: Path, workers: int, run: bool = True
+            ) -> list[dict[str, Any]]:
     """Every job's record: reused from ``out/jobs`` when it finished before with the same
-    protocol, otherwise run (``workers`` processes)."""
+    protocol, otherwise run (``workers`` processes; ``run=False``: left out)."""
     records, todo = [], []
     for job in jobs:
         path = out / "jobs" / job.key / "job.json"
@@ -281,7 +282,7 @@ def run_all(jobs: list[Job], out: Path, workers: int) -> list[dict[str, Any]]:
         else:
             todo.append(job)
     print(f"{len(records)} jobs done before, {len(todo)} to run", flush=True)
-    if not todo:
+    if not todo or not run:
         return records
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -336,6 +337,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny budgets and three rows (CI): checks the machinery and that "
                         "meta-learning beats fine-tuning the initial model")
     p.add_argument("--workers", type=int, default=1, help="training runs at once")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the table from the jobs finished so far in --out "
+                        "(e.g. while another invocation is still running)")
     p.add_argument("--readme", type=Path, help="also write the table into this README "
                    "between its leaderboard markers")
     args = p.parse_args(argv)
@@ -352,11 +356,14 @@ def main(argv: list[str] | None = None) -> None:
     if record_path.is_file() and json.loads(record_path.read_text()) != declared:
         raise SystemExit(f"{args.out} holds a leaderboard of another protocol "
                          f"({record_path}); use another --out")
+    if args.report_only and not record_path.is_file():
+        raise SystemExit(f"--report-only: {args.out} holds no leaderboard ({record_path})")
     args.out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(declared, indent=1))
     start = time.perf_counter()
+    run = not args.report_only
     inner_lr = best_inner_lr(budget, sweep_records := run_all(
-        sweep_jobs(budget, args.data_dir), args.out, args.workers))
+        sweep_jobs(budget, args.data_dir), args.out, args.workers, run))
     print(f"sweep: inner step {inner_lr} (validation: {VALIDATION})", flush=True)
     server_lr = budget.server_lr
     # headline rows at every seed (federated first: they take longest), then the others
@@ -367,9 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     order = [(seed, row) for seed in budget.seeds for row in headline] \
         + [(first, row) for row in rest] + [(seed, row) for seed in others for row in rest]
     records = run_all([Job(row, seed, inner_lr, server_lr, budget, args.data_dir)
-                       for seed, row in order], args.out, args.workers)
-    command = "python simulations/leaderboard.py " + " ".join(sys.argv[1:] if argv is None
-                                                              else argv)
+                       for seed, row in order], args.out, args.workers, run)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = "python simulations/leaderboard.py " + " ".join(given)
     write_report(args.out, records, sweep_records, declared, {
         "command": command, "wall_s_this_invocation": round(time.perf_counter() - start),
         "host": host(), "inner_lr": inner_lr, "server_lr": server_lr,

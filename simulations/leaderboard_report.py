@@ -222,10 +222,10 @@ def write_report(out: Path, records: list[dict], sweep: list[dict], protocol: di
     body = "\n".join(table(entries, ways) for ways in (5, 20)
                      if any(e["ways"] == ways for e in entries))
     text = ["# Omniglot leaderboard", "", header, "",
-            f"Command: `{run['command']}` (git {run['git']}); this invocation "
-            f"{run['wall_s_this_invocation'] / 60:.0f} min on {run['host']['cpu']} "
-            f"({run['host']['cores']} cores, one torch thread per run, shared with other "
-            f"work). Chosen by the sweep: inner step {run['inner_lr']}; server Adam step "
+            f"Command: `{run['command']}` (git {run['git']}); {len(records)} training runs "
+            f"took {sum(r['wall_s'] for r in records) / 3600:.1f} h of wall time in all, "
+            f"several at once, on {run['host']['cpu']} ({run['host']['cores']} cores, one "
+            f"torch thread per run, shared with other work). Chosen by the sweep: inner step {run['inner_lr']}; server Adam step "
             f"{run['server_lr']}.", "", body, "## Goals (issue #23)", "", *goals(entries), "",
             NOTES, ""]
     if sweep_lines:
@@ -289,8 +289,8 @@ episodes: every row here stops at a fixed budget sized to this shared 2-core hos
 episodes; the README's central ANIL run reached 92.6% 5-way after 4,800 episodes, and the
 federated curves are still rising at the end; (2) training data: 5 alphabets (152
 characters) instead of the 30 of the full background set (`fedmeta data download`); (3) the
-sweep: only the federated server step was tuned (inner step, local steps and meta-batch
-are defaults); (4) one drawer per device trains on distortions of one image per character
+sweep: only the inner step was tuned (the server step, local steps and meta-batch are
+defaults); (4) one drawer per device trains on distortions of one image per character
 (its queries are synthetic), so it trails the partitions with real drawer variation by
 design. Rows with fewer than 3 seeds have no interval: their other seeds did not finish in
 the time this host had."""
