@@ -21,14 +21,19 @@ from . import fleet as fleet_module
 from .federated import FEDERATED_ALGORITHMS, SERVER_OPTIMIZERS
 from .meta import ALGORITHMS
 from .meta.trainer import OPTIMIZERS
+from .tasks.benchmarks import DATASETS as BENCHMARKS, IMAGE_SIZE
 
 if TYPE_CHECKING:
     import torch
 
-TASK_KINDS = ("sinusoid", "omniglot", "hf", "hf-text")
+TASK_KINDS = ("sinusoid", "omniglot", "hf", "hf-text", "fewshot")
 HF_PROTOCOLS = ("few-shot", "fedmeta")  # task.protocol of kind hf (docs/data.md)
 AUTO = "auto"  # a federation field that takes its algorithm's default
-PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled")
+PARTITIONS = ("drawer", "alphabet", "dirichlet", "sampled", "class")
+KIND_PARTITIONS = {"omniglot": ("drawer", "alphabet", "dirichlet", "sampled"),
+                   "fewshot": ("class", "dirichlet", "sampled")}  # task.partition by kind
+EPISODES = ("fixed", "meta-dataset")  # task.episodes (docs/data.md)
+EVAL_SPLITS = ("val", "test")  # task.eval_split of kind fewshot
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "norm-bound", "norm-filter",
                 "norm-filter-bound", "norm-direction-filter", "multi-krum")
 SHORT_ROUNDS = ("retry", "skip")  # what a round with too few good replies does
@@ -40,8 +45,10 @@ DISPATCHES = ("indexed", "flower")  # simulation.dispatch: fedmeta.app.dispatch
 @dataclass
 class TaskConfig:
     """The task distribution: sinusoid regression, N-way K-shot Omniglot, or N-way K-shot
-    episodes of a Hugging Face image dataset split into devices (``hf``), or next-character
-    prediction on a text dataset split by a natural id (``hf-text``; docs/data.md)."""
+    episodes of a Hugging Face image dataset split into devices (``hf``), next-character
+    prediction on a text dataset split by a natural id (``hf-text``), or a few-shot
+    benchmark from its standard files (``fewshot``: miniImageNet, CIFAR-FS, FC100; fixed or
+    Meta-Dataset-style varying episodes; docs/data.md)."""
 
     kind: str = "sinusoid"
     k_shot: int = 10
@@ -73,6 +80,13 @@ class TaskConfig:
     # kind "hf-text" (fedmeta.tasks.hf_text, docs/data.md): next-character prediction, FedMeta
     # protocol, with the fields above (label_column: the next character; partition_by: a column)
     text_column: str = "x"  # the 80-character window
+    # kind "fewshot" (fedmeta.tasks.benchmarks, docs/data.md): task.dataset "miniimagenet",
+    # "cifar-fs" or "fc100" from its standard files in task.data_dir; meta-training on the
+    # train split's classes, evaluation (and held-out devices) on eval_split's
+    eval_split: str = "test"  # fewshot: "test" or "val"
+    episodes: str = "fixed"  # fewshot: "fixed" (n_way, k_shot, q_query) or "meta-dataset"
+    min_way: int = 5  # meta-dataset episodes: the fewest classes (n_way: the most)
+    max_support: int = 500  # meta-dataset episodes: the most support images of an episode
 
 
 @dataclass
@@ -353,6 +367,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 MAXIMA: dict[str, int | float] = {
     "task.k_shot": 10_000, "task.q_query": 10_000, "task.n_way": 1_000,
     "task.test_alphabets": 1_000, "task.device_classes": 100_000,
+    "task.min_way": 1_000, "task.max_support": 100_000,
     "meta.inner_steps": 1_000, "meta.eval_steps": 1_000,
     "train.meta_batch": 10_000, "train.iterations": 10_000_000,
     "train.eval_episodes": 1_000_000, "train.seed": 2**32 - 1,
@@ -371,8 +386,8 @@ MEMORY_SHARE = 0.5  # of this machine's memory, the most one episode's estimate 
 # 1-40-40-1 with ReLUs; Conv4's 64 channels x (conv, norm, ReLU) over 28, 14, 7 and 3 pixels.
 ACTIVATIONS = {"sinusoid": 4 * 40 + 2, "omniglot": 3 * 64 * (28**2 + 14**2 + 7**2 + 3**2),
                "hf-text": 80 * 2 * 7 * 256}  # hf-text: 80 steps, 2 layers, gates c h of 256
-IMAGE_KINDS = ("omniglot", "hf")  # 28x28 images through Conv4 (hf's fedmeta protocol: its
-# episode is a whole device, whose size the config does not give; estimated as few-shot)
+IMAGE_KINDS = ("omniglot", "hf", "fewshot")  # images through Conv4 (hf's fedmeta protocol:
+# its episode is a whole device, whose size the config does not give; estimated as few-shot)
 
 
 def _check(cfg: Config) -> None:
@@ -407,7 +422,8 @@ def _check(cfg: Config) -> None:
                           f"n_way of its characters)")
     _check_hf(t)
     _check_hf_text(t)
-    if t.kind in ("omniglot", "hf") and t.n_way < 2:
+    _check_fewshot(t)
+    if t.kind in ("omniglot", "hf", "fewshot") and t.n_way < 2:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
         raise ConfigError("task.test_alphabets", t.test_alphabets, "an integer >= 1")
@@ -451,13 +467,24 @@ def memory_bytes() -> int | None:
 
 def episode_bytes(cfg: Config) -> int:
     """A rough estimate of the memory one episode's adaptation needs on a device: its
-    samples (``n_way * (k_shot + q_query)`` images, or ``k_shot + q_query`` points) times
-    the activations each keeps, kept for every inner step and the outer one (MAML's graph)."""
+    samples (``n_way * (k_shot + q_query)`` images, or ``k_shot + q_query`` points; a
+    Meta-Dataset episode: ``max_support + n_way * q_query`` images at most) times the
+    activations each keeps, kept for every inner step and the outer one (MAML's graph)."""
     t = cfg.task
     images = t.kind in IMAGE_KINDS
     samples = (t.k_shot + t.q_query) * (t.n_way if images else 1)
+    if t.kind == "fewshot" and t.episodes == "meta-dataset":
+        samples = t.max_support + t.n_way * t.q_query
     per_sample = ACTIVATIONS["omniglot" if images else t.kind]
+    if t.kind == "fewshot":
+        per_sample = conv4_activations(IMAGE_SIZE.get(t.dataset, 84))
     return 4 * samples * per_sample * (cfg.meta.inner_steps + 1)
+
+
+def conv4_activations(size: int) -> int:
+    """Conv4's activation floats per image (as ``ACTIVATIONS["omniglot"]``) at ``size``."""
+    sides = [size, size // 2, size // 4, size // 8]
+    return 3 * 64 * sum(side * side for side in sides)
 
 
 def _check_resources(cfg: Config) -> None:
@@ -524,6 +551,36 @@ def _check_hf(t: TaskConfig) -> None:
         raise ConfigError("task.device_classes", t.device_classes,
                           f"an integer >= task.n_way={t.n_way} (a device's episodes draw "
                           f"n_way of its classes)")
+
+
+def _check_fewshot(t: TaskConfig) -> None:
+    """The ``fewshot`` task's names and episode bounds; whether the files are there and in
+    the standard format is checked on the data (``fedmeta.tasks.benchmarks``)."""
+    if t.kind in KIND_PARTITIONS and t.partition not in KIND_PARTITIONS[t.kind]:
+        raise ConfigError("task.partition", t.partition,
+                          f"one of {list(KIND_PARTITIONS[t.kind])} for kind {t.kind}")
+    if t.episodes not in EPISODES:
+        raise ConfigError("task.episodes", t.episodes, f"one of {list(EPISODES)}")
+    if t.kind != "fewshot":
+        if t.episodes != "fixed":
+            raise ConfigError("task.episodes", t.episodes,
+                              "\"fixed\" unless task.kind = \"fewshot\"")
+        return
+    if t.dataset not in BENCHMARKS:
+        raise ConfigError("task.dataset", t.dataset,
+                          f"one of {list(BENCHMARKS)} for kind fewshot")
+    if not t.data_dir.strip():
+        raise ConfigError("task.data_dir", t.data_dir,
+                          f"the folder holding {t.dataset}'s files (docs/data.md)")
+    if t.eval_split not in EVAL_SPLITS:
+        raise ConfigError("task.eval_split", t.eval_split, f"one of {list(EVAL_SPLITS)}")
+    if t.episodes == "meta-dataset":
+        if not 2 <= t.min_way <= t.n_way:
+            raise ConfigError("task.min_way", t.min_way,
+                              f"an integer from 2 to task.n_way={t.n_way} (the most classes)")
+        if t.max_support < t.n_way:
+            raise ConfigError("task.max_support", t.max_support,
+                              f"an integer >= task.n_way={t.n_way} (a shot per class)")
 
 
 def _check_hf_text(t: TaskConfig) -> None:

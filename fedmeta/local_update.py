@@ -17,7 +17,8 @@ import torch
 
 from .meta import MetaLearner, Params
 from .meta.evaluation import METRICS
-from .tasks.episode import EpisodeBatch, TaskSource, sample_batch, stack_episodes
+from .meta.shapes import evaluate_episodes, meta_update_episodes
+from .tasks.episode import Episode, TaskSource, sample_batch
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,12 @@ class LocalUpdate:
     scores: dict[str, np.ndarray]
 
 
-def _cat(batches: list[EpisodeBatch]) -> EpisodeBatch:
-    return EpisodeBatch(*(torch.cat([getattr(b, f) for b in batches])
-                          for f in ("support_x", "support_y", "query_x", "query_y")),
-                        batches[0].n_way)
-
-
-def score(learner: MetaLearner, params: Params, batch: EpisodeBatch,
-          steps: int) -> dict[str, np.ndarray]:
+def score(learner: MetaLearner, params: Params, episodes: list[Episode], steps: int,
+          device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode pre/post-adaptation loss and accuracy (float64) after ``steps`` steps;
-    ``steps=0`` scores without adapting (post equals pre). ``batch`` and ``params`` share a
-    device."""
-    scores = learner.evaluate(params, batch, steps)
+    ``steps=0`` scores without adapting (post equals pre). ``params`` are on ``device``,
+    where the episodes (of any shapes) are moved."""
+    scores = evaluate_episodes(learner, params, episodes, steps, device)
     return {m: scores[m].double().cpu().numpy() for m in METRICS}
 
 
@@ -53,16 +48,17 @@ def local_meta_train(learner: MetaLearner, params: Params, source: TaskSource,
     ``theta - theta_local``, without the rounding of a subtraction).
     """
     theta = {k: v.detach().to(device) for k, v in params.items()}
-    local, delta, batches = theta, {k: torch.zeros_like(v) for k, v in theta.items()}, []
+    local, delta = theta, {k: torch.zeros_like(v) for k, v in theta.items()}
+    episodes: list[Episode] = []
     for _ in range(steps):
-        batch = stack_episodes(sample_batch(source, rng, meta_batch)).to(device)
-        direction = learner.meta_update(local, batch).direction
+        batch = sample_batch(source, rng, meta_batch)
+        direction = meta_update_episodes(learner, local, batch, device).direction
         step = {k: lr * direction[k].detach() for k in theta}
         local = {k: local[k] - step[k] for k in theta}
         delta = {k: delta[k] + step[k] for k in theta}
-        batches.append(batch)
+        episodes += batch
     return LocalUpdate({k: v.cpu() for k, v in delta.items()}, steps * meta_batch,
-                       score(learner, theta, _cat(batches), score_steps))
+                       score(learner, theta, episodes, score_steps, device))
 
 
 def evaluate_device(learner: MetaLearner, params: Params, source: TaskSource,
@@ -70,5 +66,5 @@ def evaluate_device(learner: MetaLearner, params: Params, source: TaskSource,
                     steps: int, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode scores of ``params`` adapted ``steps`` steps on ``episodes`` fresh tasks,
     computed on ``device``."""
-    batch = stack_episodes(sample_batch(source, rng, episodes)).to(device)
-    return score(learner, {k: v.to(device) for k, v in params.items()}, batch, steps)
+    return score(learner, {k: v.to(device) for k, v in params.items()},
+                 sample_batch(source, rng, episodes), steps, device)

@@ -131,3 +131,21 @@ def test_int8_quantisation_of_an_adapted_model(model: str) -> None:
     assert serialized_bytes(int8) < serialized_bytes(frozen)
     error = float((quantized - reference).abs().max() / reference.abs().max())
     assert 0 < error < 0.1, error  # int8 rounding: visible, small
+
+
+def test_exported_rgb_benchmark_conv4_adapts_like_fedmeta(tmp_path: Path) -> None:
+    """A few-shot benchmark's Conv4 (3x32x32 input, 256-feature head): its input shape is
+    recorded and the program adapts as fedmeta does."""
+    kwargs = {"n_way": 5, "in_channels": 3, "image_size": 32}
+    learner_kwargs = {"inner_lr": 0.4, "inner_steps": 1, "eval_steps": 2}
+    torch.manual_seed(0)
+    learner = build_learner("maml", build_model("conv4", **kwargs), **learner_kwargs)
+    ck = Checkpoint("maml", "conv4", kwargs, learner_kwargs, learner.init_params(),
+                    {"kind": "fewshot"})
+    info = export(ck, tmp_path)
+    assert info["input_shape"] == [3, 32, 32]
+    images = torch.rand(5 + 10, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ep = {"support_x": images[:5], "support_y": torch.arange(5), "query_x": images[5:]}
+    program = torch.jit.load(tmp_path / "meta_model.pt")
+    torch.testing.assert_close(program(ep["support_x"], ep["support_y"], ep["query_x"]),
+                               fedmeta_predictions(ck, ep), rtol=0, atol=1e-5)

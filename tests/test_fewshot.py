@@ -8,6 +8,7 @@ import torch
 
 from fedmeta.errors import ConfigError, DataError
 from fedmeta.tasks.episode import Episode, TaskSource
+from fedmeta.tasks.distort import distort
 from fedmeta.tasks.fewshot import FewShotTaskSource
 
 
@@ -133,8 +134,10 @@ def test_bad_counts_are_config_errors(field, value):
 
 
 def test_bad_arrays_are_data_errors():
-    with pytest.raises(DataError, match="must be \\(n, H, W\\) and \\(n,\\)"):
+    with pytest.raises(DataError, match="must be \\(n, \\[C,\\] H, W\\) and \\(n,\\)"):
         FewShotTaskSource(np.zeros((4, 2, 2)), np.array([0, 1, 1]), 2, 1, 1)
+    with pytest.raises(DataError, match="images \\(4, 2\\) must be \\(n, \\[C,\\] H, W\\)"):
+        FewShotTaskSource(np.zeros((4, 2)), np.array([0, 0, 1, 1]), 2, 1, 1)
     with pytest.raises(DataError, match="rotations need square images"):
         FewShotTaskSource(np.zeros((4, 2, 3)), np.array([0, 0, 1, 1]), 2, 1, 1, rotations=True)
 
@@ -164,3 +167,23 @@ def test_augment_leaves_classes_with_enough_images_untouched(omniglot_data):
     augmented = FewShotTaskSource(data.images, data.character, 5, 1, 5, augment=True)
     a, b = plain.sample(np.random.default_rng(4)), augmented.sample(np.random.default_rng(4))
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+
+
+def test_rgb_uint8_images_come_out_scaled_float_with_their_channels():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 3, 4, 4), dtype=np.uint8)
+    source = FewShotTaskSource(images, np.repeat(np.arange(4), 3), 2, 1, 2)
+    assert source.images.dtype == np.uint8  # kept: a quarter of float32's memory
+    ep = source.sample(np.random.default_rng(1))
+    assert ep.support_x.dtype == torch.float32 and ep.support_x.shape == (2, 3, 4, 4)
+    scaled = {(image.astype(np.float32) / np.float32(255)).tobytes() for image in images}
+    assert all(x.numpy().tobytes() in scaled for x in torch.cat([ep.support_x, ep.query_x]))
+
+
+def test_augment_distorts_every_channel_of_an_image_alike():
+    grey = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    rgb = np.repeat(grey[:, None], 3, axis=1)  # three equal channels
+    out = distort(rgb, np.random.default_rng(5))
+    assert out.shape == (1, 3, 8, 8)
+    np.testing.assert_array_equal(out[:, 0], out[:, 2])
+    np.testing.assert_array_equal(out[:, 0], distort(grey, np.random.default_rng(5)))

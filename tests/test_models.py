@@ -41,3 +41,16 @@ def test_mlp_is_1_40_40_1() -> None:
 def test_unknown_model_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="model='resnet'.*conv4.*mlp"):
         build_model("resnet")
+
+
+@pytest.mark.parametrize("size, features", [(28, 64), (32, 256), (84, 1600)])
+def test_conv4_head_input_follows_the_image_size(size: int, features: int) -> None:
+    model = Conv4(n_way=5, in_channels=3, image_size=size)
+    assert model.head.in_features == features
+    assert model.body(torch.zeros(2, 3, size, size)).shape == (2, features)
+    assert model(torch.zeros(2, 3, size, size)).shape == (2, 5)
+
+
+def test_conv4_refuses_images_too_small_for_four_poolings() -> None:
+    with pytest.raises(ConfigError, match="image_size=8 .* an integer >= 16"):
+        Conv4(image_size=8)

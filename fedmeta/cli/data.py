@@ -1,4 +1,5 @@
-"""``fedmeta data``: get the Omniglot release and check what a folder of zips holds."""
+"""``fedmeta data``: get the Omniglot release (or CIFAR-100, for CIFAR-FS and FC100) and
+check what a folder of Omniglot zips holds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tasks.download import BASE_URL, RELEASE, download_omniglot
+from ..tasks.download import BASE_URL, CIFAR100_URL, RELEASE, download_cifar100, \
+    download_omniglot
 from ..tasks.omniglot import CACHE_ENV, DIR_ENV, cache_path, data_dir, load_omniglot, \
     resolve_zips
 
@@ -20,14 +22,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(decoding every image once into a cache) and count what they hold.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     download = actions.add_parser(
-        "download", help="download the official Omniglot release",
+        "download", help="download the official Omniglot release (or CIFAR-100)",
         description=f"Download {' and '.join(RELEASE)} from {BASE_URL}, check their MD5 "
-                    f"sums and skip those already there intact.")
+                    f"sums and skip those already there intact. With --dataset cifar-100: "
+                    f"{CIFAR100_URL}, checked and unpacked (the task.data_dir of CIFAR-FS "
+                    f"and FC100).")
+    download.add_argument("--dataset", choices=("omniglot", "cifar-100"), default="omniglot",
+                          help="what to download (default: %(default)s)")
     download.add_argument("--dest", type=Path, metavar="DIR",
-                          help=f"folder to put the zips in (default: ${CACHE_ENV}/omniglot, "
-                               f"else ~/.cache/fedmeta/omniglot)")
-    download.add_argument("--base-url", default=BASE_URL, metavar="URL",
-                          help="where the zips are (default: %(default)s)")
+                          help=f"folder to put the files in (default: ${CACHE_ENV}/omniglot "
+                               f"or ${CACHE_ENV}/cifar-100, else under ~/.cache/fedmeta)")
+    download.add_argument("--base-url", metavar="URL",
+                          help=f"where the zips are (default: {BASE_URL}); with --dataset "
+                               f"cifar-100, the archive's URL (default: {CIFAR100_URL})")
     download.set_defaults(func=run_download)
     info = actions.add_parser(
         "info", help="count the alphabets, characters and images of a folder of zips",
@@ -41,8 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """Download the release; print each zip's path and whether it was fetched."""
-    for path, fetched in download_omniglot(args.dest, args.base_url).items():
+    """Download the release; print each zip's path and whether it was fetched (CIFAR-100:
+    the folder it is unpacked in)."""
+    if args.dataset == "cifar-100":
+        folder = download_cifar100(args.dest, args.base_url or CIFAR100_URL)
+        print(f"{folder}: cifar-100-python/ unpacked; use it as task.data_dir")
+        return 0
+    for path, fetched in download_omniglot(args.dest, args.base_url or BASE_URL).items():
         print(f"{path}: {'downloaded' if fetched else 'already there, checksum ok'}")
     return 0
 

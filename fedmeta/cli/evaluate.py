@@ -19,6 +19,7 @@ from ..meta import ProtoNet
 from ..meta.evaluation import summarize
 from ..tasks.episode import Episode
 from ..tasks.image_episodes import LAYOUTS, read_image_episodes
+from ..tasks.images import IMAGE_SIZE
 
 # JSON key -> the ``summarize`` key it reports.
 SUMMARY = {"accuracy": "post_acc", "ci95": "post_acc_ci95", "pre_accuracy": "pre_acc",
@@ -33,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Adapt a checkpoint on each episode's support images, score its query "
                     "images and print one JSON object: accuracy (mean post-adaptation query "
                     "accuracy), ci95 (half-width of its 95% confidence interval over "
-                    f"episodes) and more. Episode layouts, as a folder or a .zip: {layouts}.")
+                    f"episodes) and more. Episode layouts, as a folder or a .zip: {layouts}. "
+                    f"Images become what the checkpoint's Conv4 takes: grey 28x28, or RGB at "
+                    f"its image_size (a few-shot benchmark's: 84x84 or 32x32).")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="FILE",
                         help="a checkpoint saved by fedmeta train")
     parser.add_argument("--episodes", required=True, type=Path, metavar="PATH",
@@ -58,11 +61,14 @@ def run(args: argparse.Namespace) -> int:
     """Print the summary of the checkpoint's scores on the episodes as one JSON line."""
     device = resolve_device(args.device, "--device")
     checkpoint = Checkpoint.load(args.checkpoint)
-    if checkpoint.model != "conv4" or checkpoint.model_kwargs.get("in_channels", 1) != 1:
+    channels = checkpoint.model_kwargs.get("in_channels", 1)
+    size = checkpoint.model_kwargs.get("image_size", IMAGE_SIZE)
+    if checkpoint.model != "conv4" or channels not in (1, 3):
         raise DataError(f"checkpoint {args.checkpoint}: its {checkpoint.model!r} model does not "
-                        f"take 1x28x28 images; image episodes need a one-channel conv4 model")
+                        f"take images; image episodes need a conv4 model of 1 channel (grey) "
+                        f"or 3 (RGB)")
     learner = checkpoint.learner()
-    data = read_image_episodes(args.episodes)
+    data = read_image_episodes(args.episodes, channels, size)  # as the model takes them
     steps = learner.eval_steps if args.steps is None else args.steps
     scores = score_episodes(learner, checkpoint.params, data.episodes, steps, device)
     summary = summarize(scores)

@@ -29,10 +29,12 @@ GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "joint",
 
 
 def input_shape(checkpoint: Checkpoint) -> tuple[int, ...]:
-    """One input's shape: ``(in_features,)`` for the MLP, ``(channels, 28, 28)`` for Conv4."""
+    """One input's shape: ``(in_features,)`` for the MLP, ``(channels, size, size)`` for
+    Conv4 (28x28 unless its ``image_size`` says otherwise)."""
     if checkpoint.model == "mlp":
         return (int(checkpoint.model_kwargs.get("in_features", 1)),)
-    return (int(checkpoint.model_kwargs.get("in_channels", 1)), 28, 28)
+    size = int(checkpoint.model_kwargs.get("image_size", 28))
+    return (int(checkpoint.model_kwargs.get("in_channels", 1)), size, size)
 
 
 def meta_model(checkpoint: Checkpoint) -> MetaModel:

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import torch
 
-from ..tasks.episode import TaskSource, sample_batch, stack_episodes
+from ..tasks.episode import TaskSource, sample_batch
 from .base import MetaLearner, Params, check_positive
+from .shapes import evaluate_episodes
 
 METRICS = ("pre_loss", "pre_acc", "post_loss", "post_acc")
 
@@ -28,7 +29,8 @@ def evaluate_source(learner: MetaLearner, params: Params, source: TaskSource,
                     steps: int | None = None,
                     device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Per-episode pre/post-adaptation loss and accuracy on ``episodes`` fresh episodes,
-    computed on ``device`` (episodes drawn on the CPU, moved once per batch)."""
+    computed on ``device`` (episodes drawn on the CPU, moved once per batch; episodes of
+    several shapes are scored one shape at a time, ``shapes.evaluate_episodes``)."""
     check_positive("episodes", episodes, integer=True)
     check_positive("batch_size", batch_size, integer=True)
     rng = np.random.default_rng(seed)
@@ -36,8 +38,7 @@ def evaluate_source(learner: MetaLearner, params: Params, source: TaskSource,
     params = {k: v.to(device) for k, v in params.items()}
     for start in range(0, episodes, batch_size):
         n = min(batch_size, episodes - start)
-        batch = stack_episodes(sample_batch(source, rng, n)).to(device)
-        scores = learner.evaluate(params, batch, steps)
+        scores = evaluate_episodes(learner, params, sample_batch(source, rng, n), steps, device)
         for m in METRICS:
             chunks[m].append(scores[m].cpu())
     return {m: torch.cat(chunks[m]).double().numpy() for m in METRICS}

@@ -9,8 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..tasks.episode import TaskSource, sample_batch, stack_episodes
+from ..tasks.episode import TaskSource, sample_batch
 from .base import MetaLearner, MetaUpdate, Params, check_positive
+from .shapes import meta_update_episodes
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -29,7 +30,7 @@ class MetaTrainer:
     """Meta-trains ``learner``'s parameters with an outer optimizer (Adam or SGD).
 
     Parameters and optimizer live on ``device``; episodes are built on the CPU and moved
-    there once per meta-batch.
+    there once per meta-batch (of each shape in it: ``shapes.meta_update_episodes``).
     """
 
     def __init__(self, learner: MetaLearner, meta_lr: float = 1e-3,
@@ -61,8 +62,8 @@ class MetaTrainer:
         bar = tqdm(range(iterations), desc=f"meta-train {self.learner.name}",
                    disable=not progress, dynamic_ncols=True)
         for it in bar:
-            batch = stack_episodes(sample_batch(source, rng, meta_batch)).to(self.device)
-            update = self.learner.meta_update(self.params, batch)
+            update = meta_update_episodes(self.learner, self.params,
+                                          sample_batch(source, rng, meta_batch), self.device)
             self.step(update)
             bar.set_postfix(update.metrics, refresh=False)
             if callback is not None:

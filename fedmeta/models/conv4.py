@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .episode_norm import EpisodeBatchNorm2d
+
+
+def embedding_side(image_size: int) -> int:
+    """The side of Conv4's last feature map: four 2x2 poolings, each flooring."""
+    for _ in range(4):
+        image_size //= 2
+    return image_size
 
 
 class ChannelsLastConv2d(nn.Conv2d):
@@ -43,18 +51,23 @@ class Conv4(nn.Module):
 
     (Each block pools before its ReLU, which computes the same thing; see ``_block``.)
 
-    A 28x28 input shrinks to 1x1 after four poolings, so the embedding has ``channels`` values.
-    ``body`` is the feature extractor and ``head`` the classifier: ANIL adapts only ``head``
-    and Prototypical Networks use only ``body``.
+    Each pooling floors the side: 28 -> 14 -> 7 -> 3 -> 1, 32 -> 2, 84 -> 42 -> 21 -> 10 -> 5,
+    so the embedding has ``channels * side**2`` values (64, 256 and 1600 for 28x28 grey
+    Omniglot, 32x32 RGB CIFAR and 84x84 RGB miniImageNet) and the head's input follows
+    ``image_size``. ``body`` is the feature extractor and ``head`` the classifier: ANIL
+    adapts only ``head`` and Prototypical Networks use only ``body``.
     """
 
-    def __init__(self, n_way: int = 5, in_channels: int = 1, channels: int = 64) -> None:
+    def __init__(self, n_way: int = 5, in_channels: int = 1, channels: int = 64,
+                 image_size: int = 28) -> None:
         super().__init__()
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+            raise ConfigError("image_size", image_size, "an integer >= 16 (four 2x2 poolings)")
         self.body = nn.Sequential(
             _block(in_channels, channels), _block(channels, channels),
             _block(channels, channels), _block(channels, channels), nn.Flatten(),
         )
-        self.head = nn.Linear(channels, n_way)
+        self.head = nn.Linear(channels * embedding_side(image_size) ** 2, n_way)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))

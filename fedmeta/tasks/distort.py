@@ -19,7 +19,8 @@ MAX_SHIFT = 0.08  # of the image width, each way
 
 
 def distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``images`` ``(n, H, W)`` float32, each warped by its own random affine map."""
+    """``images`` ``(n, H, W)`` or ``(n, C, H, W)`` float32, each warped by its own random
+    affine map (one map for all channels of an image)."""
     n = len(images)
     angle = np.deg2rad(rng.uniform(-MAX_ROTATION, MAX_ROTATION, n))
     scale = rng.uniform(*SCALE, n)
@@ -28,9 +29,10 @@ def distort(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cos, sin = np.cos(angle), np.sin(angle)
     theta = np.stack([np.stack([cos / scale, (-sin + shear * cos) / scale, shift[:, 0]], 1),
                       np.stack([sin / scale, (cos + shear * sin) / scale, shift[:, 1]], 1)], 1)
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x = x[:, None] if x.dim() == 3 else x
     grid = F.affine_grid(torch.from_numpy(theta.astype(np.float32)), list(x.shape),
                          align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return warped[:, 0].numpy()
+    return warped.reshape(images.shape).numpy()
 

@@ -1,10 +1,13 @@
-"""Download of the official Omniglot release (Lake et al.), checked against its MD5 sums."""
+"""Downloads checked against published MD5 sums: the official Omniglot release (Lake et al.)
+and CIFAR-100's python version (Krizhevsky 2009), which CIFAR-FS and FC100 are split from.
+miniImageNet has no official download (its images are ImageNet's): docs/data.md."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
 import os
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,6 +25,9 @@ RELEASE = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
 }
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # as published (torchvision checks it too)
+CIFAR100_FILES = ("train", "test", "meta")
 CHUNK = 1 << 20
 
 
@@ -85,3 +91,23 @@ def download_omniglot(dest: str | Path | None = None, base_url: str = BASE_URL,
     folder = cache_dir(dest)
     return {folder / name: fetch(f"{base_url.rstrip('/')}/{name}", folder / name, md5, timeout)
             for name, md5 in files.items()}
+
+
+def download_cifar100(dest: str | Path | None = None, url: str = CIFAR100_URL,
+                      md5: str = CIFAR100_MD5, timeout: float = 60.0) -> Path:
+    """Fetch CIFAR-100's python archive into ``dest`` (default: ``$FEDMETA_CACHE/cifar-100``)
+    and unpack it there (members outside ``dest``, links and devices refused: tarfile's
+    ``data`` filter); returns ``dest``, the ``task.data_dir`` of CIFAR-FS and FC100."""
+    folder = Path(dest) if dest is not None else cache_dir().parent / "cifar-100"
+    archive = folder / url.rstrip("/").rpartition("/")[2]
+    fetch(url, archive, md5, timeout)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(folder, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"{archive}: cannot be unpacked into {folder} ({exc})") from exc
+    missing = [f for f in CIFAR100_FILES if not (folder / "cifar-100-python" / f).is_file()]
+    if missing:
+        raise DataError(f"{archive}: holds no cifar-100-python/{missing[0]}; not CIFAR-100's "
+                        f"python archive")
+    return folder

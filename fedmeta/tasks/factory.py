@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .benchmarks import IMAGE_SIZE, BenchmarkSplit, load_split
 from .episode import TaskSource
 from .device_split import DeviceSplitSource
 from .fewshot import FewShotTaskSource
 from .hf_images import HFFleet, load_fleet
 from .hf_text import TextFleet, TextSplitSource, load_text_fleet
 from .omniglot import OmniglotData, load_omniglot, resolve_zips, split_by_alphabet
-from .partition import by_alphabet, by_drawer, device_task_sources, dirichlet, sampled
+from .partition import (by_alphabet, by_class, by_drawer, device_task_sources, dirichlet,
+                        sampled)
 from .sinusoid import SinusoidTasks
 from .sinusoid_fleet import device_sinusoid
+from .varying import VaryingTaskSource
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ def build_tasks(task: Any, seed: int = 0, fleet: tuple[int, int] | None = None) 
         return _hf_tasks(task, seed, fleet)
     if task.kind == "hf-text":
         return _text_tasks(task, seed, fleet)
+    if task.kind == "fewshot":
+        return _fewshot_tasks(task)
     if task.kind == "sinusoid":
         source = _sinusoid(task)
         info = {"kind": "sinusoid", "k_shot": task.k_shot, "q_query": task.q_query,
@@ -119,6 +125,10 @@ def build_device_tasks(task: Any, device: int, num_devices: int, num_held_out: i
     if task.kind == "hf-text":
         return _text_source(task, _text_fleet(task, num_devices, seed), device)
     held_out = device >= num_devices - num_held_out
+    if task.kind == "fewshot":
+        group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
+            else (device, num_devices - num_held_out)
+        return _fewshot_group(task, seed, held_out, size, only=group)[0]
     group, size = (device - (num_devices - num_held_out), num_held_out) if held_out \
         else (device, num_devices - num_held_out)
     return _omniglot_group(task, seed, held_out, size, only=group)[0]
@@ -143,6 +153,11 @@ def check_fleet_tasks(task: Any, num_devices: int, num_held_out: int, seed: int 
         fleet = _text_fleet(task, num_devices, seed)
         for device in range(num_devices):
             _text_source(task, fleet, device)
+        return
+    if task.kind == "fewshot":  # one device at a time: a source holds a copy of its images
+        for held_out, size in ((False, num_devices - num_held_out), (True, num_held_out)):
+            for device in range(size):
+                _fewshot_group(task, seed, held_out, size, only=device)
         return
     if task.kind != "sinusoid":  # sampled: every device draws alike, so one shows for all
         one = 0 if task.partition == "sampled" else None
@@ -304,3 +319,115 @@ def _text_tasks(task: Any, seed: int, fleet: tuple[int, int] | None) -> Tasks:
             "devices": num_devices, "eligible_partitions": data.eligible,
             "partitions": data.partitions, "held_out": data.names[train:]}
     return Tasks(_text_source(task, data, 0), _text_source(task, data, train), "lstm", {}, info)
+
+
+@lru_cache(maxsize=3)
+def _benchmark(dataset: str, data_dir: str, split: str, stamp: tuple) -> BenchmarkSplit:
+    """``benchmarks.load_split``, kept in memory while the folder's files are unchanged."""
+    data = load_split(dataset, data_dir, split)
+    data.images.flags.writeable = False  # shared by every source built from it
+    return data
+
+
+def _fewshot_split(task: Any, split: str) -> BenchmarkSplit:
+    folder = Path(task.data_dir).expanduser()
+    files = [*folder.glob("*"), *folder.glob("cifar-100-python/*")] if folder.is_dir() else []
+    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                         for p in files if p.is_file()))
+    return _benchmark(task.dataset, str(folder), split, stamp)
+
+
+def _fewshot_source(task: Any, images: np.ndarray, labels: np.ndarray, held_out: bool,
+                    class_names: list[str] | None = None
+                    ) -> FewShotTaskSource | VaryingTaskSource:
+    """Fixed N-way K-shot episodes or Meta-Dataset's varying ones over these images
+    (``task.n_way`` the most classes, ``task.k_shot`` the shot cap of the support-size
+    formula, ``task.q_query`` the most queries per class)."""
+    if task.episodes == "meta-dataset":
+        return VaryingTaskSource(images, labels, task.min_way, task.n_way, task.k_shot,
+                                 task.q_query, task.max_support, class_names)
+    return FewShotTaskSource(images, labels, task.n_way, task.k_shot, task.q_query,
+                             task.rotations and not held_out, task.augment and not held_out)
+
+
+def _fewshot_pooled(task: Any, data: BenchmarkSplit, held_out: bool
+                    ) -> FewShotTaskSource | VaryingTaskSource:
+    """The source over a whole split; every class of it must form episodes."""
+    counts = np.bincount(data.labels, minlength=len(data.class_names))
+    if task.episodes == "meta-dataset":
+        need, why = 2, "a support and a query image"
+    else:  # with augment a class needs one image, which every class here has
+        need = 1 if task.augment and not held_out else task.k_shot + task.q_query
+        why = "k_shot + q_query"
+    if (counts < need).any():
+        c = int(np.argmax(counts < need))
+        raise DataError(f"{data.source}: class {data.class_names[c]!r} of the {data.split} "
+                        f"split has {counts[c]} images, fewer than the {need} its episodes "
+                        f"need ({why})")
+    try:
+        return _fewshot_source(task, data.images, data.labels, held_out, data.class_names)
+    except DataError as exc:
+        raise DataError(f"{data.source} ({data.split} split): {exc}") from None
+
+
+def _fewshot_tasks(task: Any) -> Tasks:
+    """Meta-train on the train split's classes, score on ``task.eval_split``'s."""
+    train, test = _fewshot_split(task, "train"), _fewshot_split(task, task.eval_split)
+    info = {"kind": "fewshot", "dataset": task.dataset, "eval_split": task.eval_split,
+            "episodes": task.episodes, "n_way": task.n_way, "k_shot": task.k_shot,
+            "q_query": task.q_query, "train_classes": len(train.class_names),
+            "eval_classes": len(test.class_names), "train_images": len(train),
+            "eval_images": len(test)}
+    if task.episodes == "meta-dataset":
+        info |= {"min_way": task.min_way, "max_support": task.max_support}
+    return Tasks(_fewshot_pooled(task, train, False), _fewshot_pooled(task, test, True),
+                 "conv4", {"n_way": task.n_way, "in_channels": 3,
+                           "image_size": IMAGE_SIZE[task.dataset]}, info)
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """The labels of a split, as ``partition.dirichlet`` and ``sampled`` read them."""
+
+    character: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.character)
+
+
+def _fewshot_group(task: Any, seed: int, held_out: bool, size: int, only: int | None = None
+                   ) -> list[FewShotTaskSource | VaryingTaskSource]:
+    """The sources of the training devices (train split) or the held-out ones
+    (``task.eval_split``), split by ``task.partition`` (``only``: just that device's)."""
+    data = _fewshot_split(task, task.eval_split if held_out else "train")
+    what = "held-out" if held_out else "training"
+    devices = range(size) if only is None else [only]
+    try:
+        if task.partition == "class":
+            parts = by_class(data.labels, size, seed + held_out)
+        elif task.partition == "dirichlet":
+            parts = dirichlet(_Labels(data.labels), size, task.dirichlet_alpha,
+                              seed=seed + held_out)
+        else:
+            parts = {d: sampled(_Labels(data.labels), d, task.device_classes,
+                                seed=seed + held_out) for d in devices}
+    except ConfigError as exc:
+        if exc.field.startswith("task."):
+            raise
+        raise ConfigError("federation.num_devices", size,
+                          f"{what} devices that the {task.partition} partition of "
+                          f"{task.dataset}'s {data.split} split can give ({exc.allowed})"
+                          ) from None
+    sources = []
+    for d in devices:
+        rows = parts[d]
+        try:
+            sources.append(_fewshot_source(task, data.images[rows], data.labels[rows],
+                                           held_out, data.class_names))
+        except DataError as exc:
+            raise ConfigError("task.partition", task.partition,
+                              f"a partition whose every device forms episodes, but {what} "
+                              f"device {d} ({len(rows)} images of {data.split}) cannot: "
+                              f"{exc}; lower federation.num_devices or task.n_way, or raise "
+                              f"task.dirichlet_alpha / task.device_classes") from None
+    return sources

@@ -10,6 +10,25 @@ from .distort import distort
 from .episode import Episode
 
 
+def as_images(images: np.ndarray) -> np.ndarray:
+    """``images`` as ``(n, C, H, W)`` (a view where it can be), uint8 kept, else float32."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = images.astype(np.float32, copy=False)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise DataError(f"few-shot data: images {images.shape} must be (n, [C,] H, W)")
+    return images
+
+
+def floats(images: np.ndarray) -> np.ndarray:
+    """Model inputs: float32 as is, uint8 scaled to ``[0, 1]``."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255)
+    return images
+
+
 class FewShotTaskSource:
     """Episodes of ``n_way`` classes with ``k_shot`` support and ``q_query`` query images each.
 
@@ -20,7 +39,9 @@ class FewShotTaskSource:
     With ``augment`` every class is usable: one short of ``k_shot + q_query`` images takes
     all it has and fills the rest with random distortions of them (``distort``), so a
     device holding one Omniglot drawer still forms episodes.
-    ``images`` is ``(n, H, W)``; episodes hold ``(n, 1, H, W)`` float32 and int64 labels.
+    ``images`` is ``(n, H, W)`` (one channel) or ``(n, C, H, W)``, float or uint8 (kept as
+    uint8, scaled to ``[0, 1]`` per episode: a benchmark's pixels take a quarter of the
+    memory); episodes hold ``(n, C, H, W)`` float32 and int64 labels.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int,
@@ -28,13 +49,13 @@ class FewShotTaskSource:
         for field, value in (("n_way", n_way), ("k_shot", k_shot), ("q_query", q_query)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(field, value, "an integer >= 1")
-        images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
-        if images.ndim != 3 or labels.shape != images.shape[:1]:
+        images, labels = as_images(images), np.asarray(labels)
+        if labels.shape != images.shape[:1]:
             raise DataError(f"few-shot data: images {images.shape} and labels {labels.shape} "
-                            f"must be (n, H, W) and (n,)")
-        if rotations and images.shape[1] != images.shape[2]:
+                            f"must be (n, [C,] H, W) and (n,)")
+        if rotations and images.shape[2] != images.shape[3]:
             raise DataError(f"few-shot data: rotations need square images, not "
-                            f"{images.shape[1]}x{images.shape[2]}")
+                            f"{images.shape[2]}x{images.shape[3]}")
         self.images, self.rotations, self.augment = images, rotations, augment
         self.n_way, self.k_shot, self.q_query = int(n_way), int(k_shot), int(q_query)
         _, counts = np.unique(labels, return_counts=True)
@@ -63,12 +84,12 @@ class FewShotTaskSource:
         for c in chosen:
             rows = self._index[c // variants]
             real = min(per_class, len(rows))
-            block = self.images[rows[rng.choice(len(rows), real, replace=False)]]
+            block = floats(self.images[rows[rng.choice(len(rows), real, replace=False)]])
             if real < per_class:  # only with augment: distorted copies, in random places
                 extra = distort(block[rng.integers(real, size=per_class - real)], rng)
                 block = np.concatenate([block, extra])[rng.permutation(per_class)]
-            picks.append(np.rot90(block, c % variants, axes=(1, 2)))
-        x = np.stack(picks)[:, :, None]  # (n_way, k + q, 1, H, W), contiguous
+            picks.append(np.rot90(block, c % variants, axes=(2, 3)))
+        x = np.stack(picks)  # (n_way, k + q, C, H, W), contiguous
         labels = rng.permutation(self.n_way)
         shape = (-1, *x.shape[2:])
         return Episode(

@@ -8,7 +8,9 @@ labels follow the sorted class folder names of the support set.
 name order), ``runNN/test/itemNN.png`` the queries, and ``runNN/class_labels.txt`` has one
 line ``test-image class-image`` per query, paths with or without the ``runNN/`` prefix.
 
-Either layout may sit inside one extra top folder. Every image goes through ``images.decode``.
+Either layout may sit inside one extra top folder. Every image goes through ``images.decode``:
+grey 28x28 by default, or the channels and size of the model that will score it (RGB 84x84
+or 32x32 for a few-shot benchmark's Conv4).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from ..errors import DataError
 from .episode import Episode
-from .images import decode
+from .images import IMAGE_SIZE, decode
 
 LAYOUTS = {
     "generic": "<episode>/support/<class>/<image> with <episode>/query/<class>/<image>",
@@ -65,6 +67,7 @@ class _Tree:
     def __init__(self, origin: str, files: Iterable[str], folders: Iterable[str],
                  read: Callable[[str], bytes]) -> None:
         self.origin, self._read = origin, read
+        self.channels, self.size = 1, IMAGE_SIZE  # what ``image`` decodes to
         self.files = {f for f in files if not _ignored(f)}
         self._subfolders: dict[str, set[str]] = defaultdict(set)
         self._files_in: dict[str, set[str]] = defaultdict(set)
@@ -89,7 +92,7 @@ class _Tree:
         return sorted(self._files_in[folder])
 
     def image(self, path: str) -> np.ndarray:
-        return decode(self._read(path), self.name(path))
+        return decode(self._read(path), self.name(path), self.size, self.channels)
 
     def text(self, path: str) -> str:
         try:
@@ -103,20 +106,27 @@ def _ignored(path: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in path.split("/"))
 
 
-def read_image_episodes(path: str | Path) -> ImageEpisodes:
-    """Read every episode under a folder or in a ``.zip``, detecting its layout."""
+def read_image_episodes(path: str | Path, channels: int = 1,
+                        size: int = IMAGE_SIZE) -> ImageEpisodes:
+    """Read every episode under a folder or in a ``.zip``, detecting its layout; images
+    become ``(channels, size, size)`` (1: grey and inverted, 3: RGB)."""
     path = Path(path)
     if path.is_dir():
-        return _parse(_folder_tree(path))
+        return _parse(_sized(_folder_tree(path), channels, size))
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     try:
         with zipfile.ZipFile(path) as archive:
-            return _parse(_zip_tree(path, archive))
+            return _parse(_sized(_zip_tree(path, archive), channels, size))
     except zipfile.BadZipFile as exc:
         raise DataError(f"{path}: not a folder or a readable zip archive ({exc})") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _sized(tree: _Tree, channels: int, size: int) -> _Tree:
+    tree.channels, tree.size = channels, size
+    return tree
 
 
 def _folder_tree(root: Path) -> _Tree:
@@ -176,7 +186,8 @@ def _images(tree: _Tree, folder: str) -> np.ndarray:
 
 
 def _tensors(images: list[np.ndarray], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.concatenate(images)).unsqueeze(1)
+    x = torch.from_numpy(np.concatenate(images))
+    x = x.unsqueeze(1) if x.dim() == 3 else x  # grey images get their one channel
     return x, torch.tensor(labels, dtype=torch.int64)
 
 

@@ -1,4 +1,5 @@
-"""Omniglot split across devices: every device gets its own private images and task source.
+"""Omniglot (and, by ``by_class``, any labelled images) split across devices: every device
+gets its own private images and task source.
 
 Each partition but ``sampled`` is a list of sorted index arrays into the data, one per device,
 disjoint and together covering every image. ``sampled`` gives one device at a time its own
@@ -93,6 +94,17 @@ def sampled(data: OmniglotData, device: int, num_classes: int, seed: int = 0) ->
                           f"an integer from 1 to the {len(characters)} characters here")
     own = np.random.default_rng([seed, device]).choice(characters, num_classes, replace=False)
     return np.flatnonzero(np.isin(data.character, own))
+
+
+def by_class(labels: np.ndarray, num_devices: int, seed: int) -> list[np.ndarray]:
+    """Classes shuffled with ``seed`` and dealt into ``num_devices`` near-equal disjoint
+    groups (``np.array_split``); a device holds every image of its classes."""
+    classes = np.random.default_rng(seed).permutation(np.unique(labels))
+    if not 1 <= num_devices <= len(classes):
+        raise ConfigError("num_devices", num_devices,
+                          f"an integer from 1 to the {len(classes)} classes (one per device)")
+    return [np.flatnonzero(np.isin(labels, own))
+            for own in np.array_split(classes, num_devices)]
 
 
 def device_task_sources(data: OmniglotData, parts: Sequence[np.ndarray], n_way: int,
