@@ -337,6 +337,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny budgets and three rows (CI): checks the machinery and that "
                         "meta-learning beats fine-tuning the initial model")
     p.add_argument("--workers", type=int, default=1, help="training runs at once")
+    p.add_argument("--kinds", default="init,central,federated",
+                   help="comma-separated row kinds to run (default: all); e.g. run the "
+                        "central rows in one invocation and the federated in another")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="run only these of the protocol's seeds (default: all)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the table from the jobs finished so far in --out "
                         "(e.g. while another invocation is still running)")
@@ -345,6 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers {args.workers}: an integer >= 1")
+    unknown = set(args.kinds.split(",")) - {"init", "central", "federated"}
+    if unknown:
+        p.error(f"--kinds {args.kinds}: {sorted(unknown)} not among init, central, federated")
     return args
 
 
@@ -373,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     first, *others = budget.seeds
     order = [(seed, row) for seed in budget.seeds for row in headline] \
         + [(first, row) for row in rest] + [(seed, row) for seed in others for row in rest]
+    kinds = set(args.kinds.split(","))
+    order = [(seed, row) for seed, row in order if row.kind in kinds
+             and (args.seeds is None or seed in args.seeds)]
     records = run_all([Job(row, seed, inner_lr, server_lr, budget, args.data_dir)
                        for seed, row in order], args.out, args.workers, run)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
