@@ -61,7 +61,9 @@ class TaskConfig:
     data_dir: str = ""
     rotations: bool = False
     augment: bool = False
-    test_alphabets: int = 2
+    test_alphabets: int = 2  # held out, drawn with train.seed (unless test_alphabet_names)
+    test_alphabet_names: str = ""  # comma-separated held-out alphabets; set: the count is unused
+    exclude_alphabets: str = ""  # comma-separated alphabets neither trained on nor held out
     device_width: float = 0.3
     partition: str = "drawer"
     dirichlet_alpha: float = 0.5
@@ -429,6 +431,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
         raise ConfigError("task.test_alphabets", t.test_alphabets, "an integer >= 1")
+    _check_alphabet_names(t)
     if t.kind == "sinusoid" and m.algorithm == "protonet":
         raise ConfigError("meta.algorithm", m.algorithm,
                           "a gradient-based learner for sinusoid regression "
@@ -507,6 +510,26 @@ def _check_resources(cfg: Config) -> None:
                       f"{need / 2**30:,.1f} GiB of activations, more than "
                       f"{MEMORY_SHARE:.0%} of its {total / 2**30:,.1f} GiB of memory; "
                       f"lower them")
+
+
+def _alphabet_names(value: str) -> tuple[str, ...]:
+    """The alphabet names of a comma-separated field, in order, blanks dropped."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _check_alphabet_names(t: TaskConfig) -> None:
+    test, excluded = _alphabet_names(t.test_alphabet_names), _alphabet_names(t.exclude_alphabets)
+    for name, names in (("task.test_alphabet_names", test), ("task.exclude_alphabets", excluded)):
+        if len(set(names)) != len(names):
+            raise ConfigError(name, ",".join(names), "alphabet names, each once")
+    if set(test) & set(excluded):
+        raise ConfigError("task.exclude_alphabets", t.exclude_alphabets,
+                          f"alphabets not among task.test_alphabet_names "
+                          f"({', '.join(sorted(set(test) & set(excluded)))} is in both)")
+    if (test or excluded) and t.kind != "omniglot":
+        field = "task.test_alphabet_names" if test else "task.exclude_alphabets"
+        raise ConfigError(field, t.test_alphabet_names if test else t.exclude_alphabets,
+                          f"empty for task.kind={t.kind!r} (alphabets are Omniglot's)")
 
 
 def _check_hf(t: TaskConfig) -> None:

@@ -15,6 +15,9 @@ class ConfigError(FedmetaError, ValueError):
         name = field if str(field).isprintable() else repr(field)  # one line, whatever given
         super().__init__(f"{name}={_shown(value)} is not allowed: expected {allowed}")
 
+    def __reduce__(self) -> tuple:  # picklable, so it crosses process pools and Ray whole
+        return type(self), (self.field, self.value, self.allowed)
+
 
 def _shown(value: object) -> str:
     """``repr(value)``, or a description where Python refuses it (an int of > 4300 digits)."""

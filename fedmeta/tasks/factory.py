@@ -57,7 +57,7 @@ def build_tasks(task: Any, seed: int = 0, fleet: tuple[int, int] | None = None) 
         info = {"kind": "sinusoid", "k_shot": task.k_shot, "q_query": task.q_query,
                 "amplitude": list(task.amplitude), "phase": list(task.phase)}
         return Tasks(source, source, "mlp", {}, info)
-    train, test = _omniglot_split(task, seed)
+    train, test = omniglot_split(task, seed)
     info = {"kind": "omniglot", "n_way": task.n_way, "k_shot": task.k_shot,
             "q_query": task.q_query, "rotations": task.rotations,
             "train_alphabets": train.alphabets, "test_alphabets": test.alphabets}
@@ -68,21 +68,42 @@ def build_tasks(task: Any, seed: int = 0, fleet: tuple[int, int] | None = None) 
                  "conv4", {"n_way": task.n_way}, info)
 
 
-def _omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
+def omniglot_split(task: Any, seed: int) -> tuple[OmniglotData, OmniglotData]:
     """Meta-train and held-out alphabets of the Omniglot zips in ``task.data_dir`` (kept
     in memory for the next device built in this process while the zips are unchanged)."""
     zips = tuple((str(z), z.stat().st_size, z.stat().st_mtime_ns)
                  for z in resolve_zips(task.data_dir or None))
-    return _split(zips, task.test_alphabets, seed)
+    return _split(zips, task.test_alphabets, seed, _names(task.test_alphabet_names),
+                  _names(task.exclude_alphabets))
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """The names of a comma-separated config field, blanks dropped."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 @lru_cache(maxsize=2)
-def _split(zips: tuple, test_alphabets: int, seed: int) -> tuple[OmniglotData, OmniglotData]:
+def _split(zips: tuple, test_alphabets: int, seed: int, test_names: tuple[str, ...] = (),
+           excluded: tuple[str, ...] = ()) -> tuple[OmniglotData, OmniglotData]:
+    """Training and held-out alphabets: ``test_names`` if given, else ``test_alphabets``
+    drawn with ``seed`` among those not ``excluded``; training is the rest."""
     data = load_omniglot([path for path, _, _ in zips])
+    files = ", ".join(path for path, _, _ in zips)
+    unknown = sorted(set(test_names + excluded) - set(data.alphabets))
+    if unknown:
+        field = "task.test_alphabet_names" if set(unknown) & set(test_names) \
+            else "task.exclude_alphabets"
+        raise ConfigError(field, ",".join(unknown), f"alphabets among {data.alphabets} "
+                                                    f"in {files}")
+    if excluded:
+        data = data.by_alphabets(set(data.alphabets) - set(excluded)) \
+            if set(data.alphabets) - set(excluded) else data.subset(np.zeros(0, dtype=np.int64))
     try:
-        return split_by_alphabet(data, test_alphabets, seed=seed)
+        return split_by_alphabet(data, list(test_names) or test_alphabets, seed=seed)
     except ConfigError as exc:  # name the config field and the files, not the argument
-        raise ConfigError("task.test_alphabets", test_alphabets,
+        field = "task.test_alphabet_names" if test_names else "task.test_alphabets"
+        value = ",".join(test_names) if test_names else test_alphabets
+        raise ConfigError(field, value,
                           f"{exc.allowed} in {', '.join(path for path, _, _ in zips)}"
                           ) from None
 
@@ -148,7 +169,7 @@ def _omniglot_group(task: Any, seed: int, held_out: bool, size: int, only: int |
                     ) -> list[FewShotTaskSource]:
     """The task sources of the training (or held-out) devices, split by ``task.partition``
     (``only``: just that device's, so building one device costs one device's images)."""
-    data = _omniglot_split(task, seed)[1 if held_out else 0]
+    data = omniglot_split(task, seed)[1 if held_out else 0]
     what = "held-out" if held_out else "training"
     try:
         if task.partition == "drawer":
