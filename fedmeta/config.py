@@ -409,10 +409,6 @@ def _check(cfg: Config) -> None:
         raise ConfigError("task.n_way", t.n_way, "an integer >= 2 for classification")
     if t.test_alphabets < 1:
         raise ConfigError("task.test_alphabets", t.test_alphabets, "an integer >= 1")
-    if t.kind == "sinusoid" and m.algorithm == "protonet":
-        raise ConfigError("meta.algorithm", m.algorithm,
-                          "a gradient-based learner for sinusoid regression "
-                          "(protonet classifies)")
     for name, (low, high) in {"task.amplitude": t.amplitude, "task.phase": t.phase,
                               "task.x_range": t.x_range}.items():
         if not (math.isfinite(low) and math.isfinite(high) and low <= high):
@@ -421,6 +417,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("task.amplitude", list(t.amplitude), "amplitudes >= 0")
     check_device_name(tr.device)
     _check_federation(cfg.federation)
+    _check_few_shot(cfg)
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
     _check_privacy(cfg.privacy, cfg.federation)
@@ -553,6 +550,29 @@ def _check_federation(f: FederationConfig) -> None:
         value = getattr(f, name)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"federation.{name}", value, "a finite number > 0")
+
+
+def _check_few_shot(cfg: Config) -> None:
+    """Metric and model-based learners (``few_shot_only``) need N-way K-shot classification
+    episodes, whose support set holds every class: Omniglot or ``hf`` few-shot."""
+    t = cfg.task
+    if t.kind == "omniglot" or (t.kind == "hf" and t.protocol == "few-shot"):
+        return
+    task = f"task.kind={t.kind!r}" + (f", task.protocol={t.protocol!r}"
+                                      if t.kind in ("hf", "hf-text") else "")
+    fed = cfg.federation.algorithm
+    for name, algorithm, learner in (
+            ("meta.algorithm", cfg.meta.algorithm, cfg.meta.algorithm),
+            ("federation.algorithm", fed, FEDERATED_ALGORITHMS[fed].learner)):
+        if ALGORITHMS[learner].few_shot_only:
+            usable = sorted(a for a, c in (ALGORITHMS.items() if name == "meta.algorithm"
+                                           else ((f, ALGORITHMS[d.learner]) for f, d in
+                                                 FEDERATED_ALGORITHMS.items()))
+                            if not c.few_shot_only)
+            raise ConfigError(name, algorithm,
+                              f"one of {usable} for {task} ({learner} classifies N-way "
+                              f"K-shot episodes: task.kind=\"omniglot\" or \"hf\" with "
+                              f"task.protocol=\"few-shot\")")
 
 
 def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:
