@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from .base import Params
 from .episodic import EpisodicLearner
 
-FILTERS, KEY, VALUE, LEVELS = 16, 16, 16, 4
+FILTERS, KEY, VALUE, LEVELS = 16, 32, 16, 4
 
 
 class DenseBlock(nn.Module):
@@ -88,7 +88,8 @@ class SnailModel(nn.Module):
         super().__init__()
         self.body = body
         self.n_way = n_way
-        layers, channels = [], features + n_way
+        layers, channels = [AttentionBlock(features + n_way, KEY, VALUE)], \
+            features + n_way + VALUE
         for _ in range(2):
             tc, channels = tc_block(channels)
             layers += [tc, AttentionBlock(channels, KEY, VALUE)]
