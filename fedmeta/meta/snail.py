@@ -14,15 +14,18 @@ cross-entropy. The sequence model interleaves
 - attention blocks: ``[x, softmax(mask(Q K^T / sqrt(d_k))) V]``, each position attending to
   itself and the positions before it (causal mask).
 
-Built small, unlike the paper's Omniglot model (attention 64/32, TC 128 filters, attention
-256/128, TC 128, attention 512/256, then a 1x1 convolution): here TC(16 filters) ->
-attention(key 16, value 16) -> TC(16) -> attention(16, 16) -> linear, with four dilation
-levels per TC block (1, 2, 4, 8: a 16-position receptive field; the attention sees the
-whole sequence) where the paper takes ``ceil(log2 T)``, so the parameters do not depend on
-the episode's length. Every query is its own sequence (the support positions are computed
-once per query, as the paper's batch of sequences does). The label input is one-hot over
-the model head's ``n_way``, so a SNAIL model scores only episodes of that many classes;
-no gradient steps at adaptation.
+Built small, in the paper's order but not its sizes (Omniglot: attention 64/32, TC 128
+filters, attention 256/128, TC 128, attention 512/256, then a 1x1 convolution): here
+attention(key 32, value 16) -> TC(16 filters) -> attention -> TC(16) -> attention -> linear,
+with four dilation levels per TC block (1, 2, 4, 8: a 16-position receptive field; the
+attention sees the whole sequence) where the paper takes ``ceil(log2 T)``, so the parameters
+do not depend on the episode's length. Each attention block's key projection starts equal to
+its query projection, so attention starts as a similarity (``q . k = |W x|^2`` for equal
+inputs): from the default independent start, a single attention block took hundreds of steps
+to leave chance on separable vectors, with it tens. Every query is its own sequence (the
+support positions are computed once per query, as the paper's batch of sequences does). The
+label input is one-hot over the model head's ``n_way``, so a SNAIL model scores only episodes
+of that many classes; no gradient steps at adaptation.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ..errors import ConfigError
 from .base import Params
 from .episodic import EpisodicLearner
 
-FILTERS, KEY, VALUE, LEVELS = 16, 32, 16, 4
+FILTERS, KEY, VALUE, LEVELS = 16, 32, 16, 4  # see the module docstring
 
 
 class DenseBlock(nn.Module):
@@ -61,6 +64,9 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.query, self.key = nn.Linear(channels, key), nn.Linear(channels, key)
         self.value = nn.Linear(channels, value)
+        with torch.no_grad():  # start as a similarity: q . k = |W x|^2 for equal inputs
+            self.key.weight.copy_(self.query.weight)
+            self.key.bias.copy_(self.query.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, T)
         h = x.transpose(1, 2)  # (B, T, C)
