@@ -9,13 +9,13 @@ import math
 from pathlib import Path
 
 import pytest
+from local_grid import LocalGrid
 
 from fedmeta.app import client_app
 from fedmeta.app.server_app import run_federation
 from fedmeta.config import from_dict
 from fedmeta.federated import FEDERATED_ALGORITHMS
 from fedmeta.results import table
-from local_grid import LocalGrid
 
 EPISODIC = ["fedmeta-protonet", "fedmeta-matching", "fedmeta-relation", "fedmeta-snail",
             "fedmeta-leo"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from local_grid import LocalGrid
 
 from fedmeta import config
 from fedmeta.app import client_app
@@ -15,7 +16,6 @@ from fedmeta.app.server_app import run_federation
 from fedmeta.central import train_and_evaluate
 from fedmeta.config import from_dict
 from fedmeta.results import table
-from local_grid import LocalGrid
 
 
 @pytest.mark.parametrize("name", ["matching", "relation", "leo"])

@@ -44,6 +44,7 @@ def build_learner(name: str, model: nn.Module, **kwargs: object) -> MetaLearner:
     return ALGORITHMS[name](model, **kwargs)
 
 
-__all__ = ["ALGORITHMS", "ANIL", "FirstOrderMAML", "JointTraining", "Leo", "MAML",
-           "MatchingNet", "MetaLearner", "MetaSGD", "MetaTrainer", "MetaUpdate", "Params", "PerFedAvgFO", "PerFedAvgHF",
-           "ProtoNet", "RelationNet", "Reptile", "Snail", "build_learner"]
+__all__ = ["ALGORITHMS", "ANIL", "MAML", "FirstOrderMAML", "JointTraining", "Leo",
+           "MatchingNet", "MetaLearner", "MetaSGD", "MetaTrainer", "MetaUpdate", "Params",
+           "PerFedAvgFO", "PerFedAvgHF", "ProtoNet", "RelationNet", "Reptile", "Snail",
+           "build_learner"]
