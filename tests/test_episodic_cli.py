@@ -18,7 +18,7 @@ LEARNERS = ["matching", "relation", "snail", "leo"]
 
 def omniglot(omniglot_dir: Path) -> list[str]:
     return ["--set", "task.kind=omniglot", "--set", f"task.data_dir={omniglot_dir}",
-            "--set", "task.q_query=2", "--set", "meta.inner_lr=1.0"]
+            "--set", "task.k_shot=1", "--set", "task.q_query=2", "--set", "meta.inner_lr=1.0"]
 
 
 @pytest.mark.parametrize("name", LEARNERS)
@@ -73,6 +73,7 @@ def test_fedmeta_run_on_ray_with_federated_protonet(omniglot_dir: Path,
          "--set", "federation.num_held_out=1", "--set", "federation.rounds=2",
          "--set", "federation.eval_every=2", "--set", "federation.meta_batch=2",
          "--set", "federation.eval_episodes=3", "--set", "simulation.ray_cpus=2",
+         "--set", "federation.discovery_timeout=900",
          "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
