@@ -74,7 +74,7 @@ def test_fedmeta_run_on_ray_with_federated_protonet(omniglot_dir: Path,
          "--set", "federation.eval_every=2", "--set", "federation.meta_batch=2",
          "--set", "federation.eval_episodes=3", "--set", "simulation.ray_cpus=2",
          "--set", "federation.discovery_timeout=900",
-         "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+         "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=1500)
     assert cli.returncode == 0, cli.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "fedmeta-protonet" and summary["final_pre_acc"] is None
