@@ -560,15 +560,14 @@ def _check_few_shot(cfg: Config) -> None:
         return
     task = f"task.kind={t.kind!r}" + (f", task.protocol={t.protocol!r}"
                                       if t.kind in ("hf", "hf-text") else "")
-    fed = cfg.federation.algorithm
-    for name, algorithm, learner in (
-            ("meta.algorithm", cfg.meta.algorithm, cfg.meta.algorithm),
-            ("federation.algorithm", fed, FEDERATED_ALGORITHMS[fed].learner)):
+    learners = {"meta.algorithm": {a: a for a in ALGORITHMS},
+                "federation.algorithm": {f: d.learner for f, d in FEDERATED_ALGORITHMS.items()}}
+    for name, algorithm in (("meta.algorithm", cfg.meta.algorithm),
+                            ("federation.algorithm", cfg.federation.algorithm)):
+        learner = learners[name][algorithm]
         if ALGORITHMS[learner].few_shot_only:
-            usable = sorted(a for a, c in (ALGORITHMS.items() if name == "meta.algorithm"
-                                           else ((f, ALGORITHMS[d.learner]) for f, d in
-                                                 FEDERATED_ALGORITHMS.items()))
-                            if not c.few_shot_only)
+            usable = sorted(a for a, lr in learners[name].items()
+                            if not ALGORITHMS[lr].few_shot_only)
             raise ConfigError(name, algorithm,
                               f"one of {usable} for {task} ({learner} classifies N-way "
                               f"K-shot episodes: task.kind=\"omniglot\" or \"hf\" with "
