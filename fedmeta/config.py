@@ -432,10 +432,6 @@ def _check(cfg: Config) -> None:
     if t.test_alphabets < 1:
         raise ConfigError("task.test_alphabets", t.test_alphabets, "an integer >= 1")
     _check_alphabet_names(t)
-    if t.kind == "sinusoid" and m.algorithm == "protonet":
-        raise ConfigError("meta.algorithm", m.algorithm,
-                          "a gradient-based learner for sinusoid regression "
-                          "(protonet classifies)")
     for name, (low, high) in {"task.amplitude": t.amplitude, "task.phase": t.phase,
                               "task.x_range": t.x_range}.items():
         if not (math.isfinite(low) and math.isfinite(high) and low <= high):
@@ -446,6 +442,7 @@ def _check(cfg: Config) -> None:
     if tr.precision not in PRECISIONS:
         raise ConfigError("train.precision", tr.precision, f"one of {list(PRECISIONS)}")
     _check_federation(cfg.federation)
+    _check_few_shot(cfg)
     _check_reliability(cfg.federation, cfg.faults)
     _check_simulation(cfg.simulation)
     _check_privacy(cfg.privacy, cfg.federation)
@@ -639,6 +636,28 @@ def _check_federation(f: FederationConfig) -> None:
         value = getattr(f, name)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"federation.{name}", value, "a finite number > 0")
+
+
+def _check_few_shot(cfg: Config) -> None:
+    """Metric and model-based learners (``few_shot_only``) need N-way K-shot classification
+    episodes, whose support set holds every class: Omniglot or ``hf`` few-shot."""
+    t = cfg.task
+    if t.kind == "omniglot" or (t.kind == "hf" and t.protocol == "few-shot"):
+        return
+    task = f"task.kind={t.kind!r}" + (f", task.protocol={t.protocol!r}"
+                                      if t.kind in ("hf", "hf-text") else "")
+    learners = {"meta.algorithm": {a: a for a in ALGORITHMS},
+                "federation.algorithm": {f: d.learner for f, d in FEDERATED_ALGORITHMS.items()}}
+    for name, algorithm in (("meta.algorithm", cfg.meta.algorithm),
+                            ("federation.algorithm", cfg.federation.algorithm)):
+        learner = learners[name][algorithm]
+        if ALGORITHMS[learner].few_shot_only:
+            usable = sorted(a for a, lr in learners[name].items()
+                            if not ALGORITHMS[lr].few_shot_only)
+            raise ConfigError(name, algorithm,
+                              f"one of {usable} for {task} ({learner} classifies N-way "
+                              f"K-shot episodes: task.kind=\"omniglot\" or \"hf\" with "
+                              f"task.protocol=\"few-shot\")")
 
 
 def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:

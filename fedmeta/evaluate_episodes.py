@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import DataError
-from .meta import MetaLearner, Params, ProtoNet
+from .meta import MetaLearner, Params
 from .meta.base import check_positive
 from .meta.evaluation import METRICS
 from .tasks.episode import Episode, stack_episodes
@@ -20,8 +20,9 @@ PROGRESS_FROM = 50  # episodes; fewer are scored without a progress bar
 
 
 def head_classes(learner: MetaLearner) -> int | None:
-    """How many classes the learner's model tells apart; ``None`` if any number (ProtoNet)."""
-    if isinstance(learner, ProtoNet):
+    """How many classes the learner's model tells apart; ``None`` if any number (ProtoNet,
+    Matching and Relation Networks, LEO)."""
+    if learner.any_way:
         return None
     head = learner.model.head
     return head.out_features if isinstance(head, nn.Linear) else None
@@ -35,7 +36,7 @@ def check_class_counts(learner: MetaLearner, episodes: Mapping[str, Episode]) ->
             raise DataError(
                 f"episode {name}: has {episode.n_way} classes but the checkpoint's "
                 f"{learner.name} model classifies {classes}; it can only score {classes}-way "
-                f"episodes (a protonet checkpoint scores any number)")
+                f"episodes (a protonet, matching, relation or leo checkpoint scores any number)")
 
 
 def score_episodes(learner: MetaLearner, params: Params, episodes: Mapping[str, Episode],

@@ -10,6 +10,15 @@ loop, which a config's ``"auto"`` values take.
   without adaptation; ``fedavg-ft`` trains the same and fine-tunes before scoring.
 - ``fedmeta-*`` (Chen et al. 2018, "Federated Meta-Learning with Fast Convergence"): each
   device sends its meta-gradient (one local step of size 1), the server steps Adam.
+- ``fedmeta-protonet``, ``-matching``, ``-relation``, ``-snail``, ``-leo``: the same FedMeta
+  loop for the metric and model-based learners (Chen et al. 2018 federate MAML and Meta-SGD;
+  the loop needs only a meta-gradient). A device sends the meta-gradient of its local
+  meta-training on its own episodes: the gradient of the mean query loss of episodes whose
+  classes the support set defines (for LEO, through its latent and fine-tuning steps); the
+  server takes the episode-weighted mean and steps Adam. A held-out device adapts with no
+  gradient step on the meta-parameters: the support set gives the prototypes, attention
+  keys, class feature maps or sequence (LEO: ``eval_steps`` latent steps, then its
+  fine-tuning steps, on the decoded classifier).
 - ``fedreptile``: devices send ``theta - mean(phi)``, the server takes Reptile's outer step.
 - ``perfedavg`` / ``perfedavg-hf`` (Fallah et al. 2020): local steps of Per-FedAvg's first-order
   or Hessian-free update, averaged by the server.
@@ -43,6 +52,11 @@ FEDERATED_ALGORITHMS: dict[str, FederatedAlgorithm] = {
     "fedmeta-fomaml": FederatedAlgorithm("fomaml", fine_tunes=True, **_FEDMETA),
     "fedmeta-metasgd": FederatedAlgorithm("metasgd", fine_tunes=True, **_FEDMETA),
     "fedmeta-anil": FederatedAlgorithm("anil", fine_tunes=True, **_FEDMETA),
+    "fedmeta-protonet": FederatedAlgorithm("protonet", fine_tunes=True, **_FEDMETA),
+    "fedmeta-matching": FederatedAlgorithm("matching", fine_tunes=True, **_FEDMETA),
+    "fedmeta-relation": FederatedAlgorithm("relation", fine_tunes=True, **_FEDMETA),
+    "fedmeta-snail": FederatedAlgorithm("snail", fine_tunes=True, **_FEDMETA),
+    "fedmeta-leo": FederatedAlgorithm("leo", fine_tunes=True, **_FEDMETA),
     "fedreptile": FederatedAlgorithm("reptile", fine_tunes=True, local_steps=1, local_lr=1.0,
                                      server_optimizer="sgd", server_lr=1.0),
     "perfedavg": FederatedAlgorithm("perfedavg-fo", fine_tunes=True, **_PERFEDAVG),

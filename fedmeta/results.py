@@ -69,7 +69,8 @@ class Row:
 
 def table(rows: list[Row]) -> pd.DataFrame:
     """The tidy table: rows by round then source, with cumulative ``bytes_total``;
-    accuracy columns are left out for regression (all NaN)."""
+    accuracy columns are left out for regression (all NaN; the metric learners have NaN
+    pre-adaptation scores only)."""
     extra = list(dict.fromkeys(k for r in rows for k in r.extra))
     frame = pd.DataFrame([r.as_dict() for r in rows],
                          columns=[c for c in COLUMNS if c != "bytes_total"] + extra)
@@ -78,8 +79,8 @@ def table(rows: list[Row]) -> pd.DataFrame:
                                                    ignore_index=True).drop(columns="_order")
     frame.insert(frame.columns.get_loc("bytes_up") + 1, "bytes_total",
                  (frame["bytes_down"] + frame["bytes_up"]).cumsum())
-    empty = [c for c in SCORE_COLUMNS if "acc" in c and frame[c].isna().all()]
-    return frame[[c for c in (*COLUMNS, *extra) if c not in empty]]
+    regression = frame["post_acc"].isna().all()  # metric learners: pre_acc alone is NaN
+    return frame[[c for c in (*COLUMNS, *extra) if not (regression and "acc" in c)]]
 
 
 def is_regression(frame: pd.DataFrame) -> bool:

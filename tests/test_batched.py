@@ -89,7 +89,7 @@ def _pair(name: str, model: nn.Module, **kwargs):
 
 
 CASES = [(name, kind) for name in sorted(ALGORITHMS) for kind in ("conv4", "mlp")
-         if not (name == "protonet" and kind == "mlp")]
+         if not (ALGORITHMS[name].few_shot_only and kind == "mlp")]
 
 
 def _case(kind: str):

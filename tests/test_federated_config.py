@@ -16,6 +16,7 @@ from fedmeta.app.sizing import size_to
 from fedmeta.config import Config, from_dict, from_flat, load
 from fedmeta.errors import ConfigError
 from fedmeta.federated import FEDERATED_ALGORITHMS
+from fedmeta.meta import ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +65,11 @@ def test_more_sampled_devices_than_exist_and_held_out_as_large_as_fleet() -> Non
 @pytest.mark.parametrize("name", sorted(FEDERATED_ALGORITHMS))
 def test_auto_fields_take_the_algorithm_defaults_and_explicit_values_win(name: str) -> None:
     defaults = FEDERATED_ALGORITHMS[name]
-    fed = load(None, [f"federation.algorithm={name}"]).federation
+    task = ["task.kind=omniglot"] if ALGORITHMS[defaults.learner].few_shot_only else []
+    fed = load(None, [*task, f"federation.algorithm={name}"]).federation
     assert (fed.local_steps, fed.local_lr, fed.server_optimizer, fed.server_lr) == (
         defaults.local_steps, defaults.local_lr, defaults.server_optimizer, defaults.server_lr)
-    fed = load(None, [f"federation.algorithm={name}", "federation.server_lr=0.5",
+    fed = load(None, [*task, f"federation.algorithm={name}", "federation.server_lr=0.5",
                       "federation.local_steps=auto"]).federation
     assert fed.server_lr == 0.5 and fed.local_steps == defaults.local_steps
 

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedmeta.fleet import ModelCost, episode_flops
 from fedmeta.meta import build_learner
 from fedmeta.models import MLP, Conv4
-from fedmeta.tasks.episode import EpisodeBatch
+from fedmeta.tasks.episode import EpisodeBatch, unstack
 
 
 
@@ -50,3 +50,18 @@ def test_sinusoid_mlp_counts_agree_with_flop_counter(learner: str) -> None:
     model = MLP()
     ours = 3 * episode_flops(ModelCost.of(model, (1,)), learner, 10, 10, 1)
     assert ours == pytest.approx(counted(learner, model, batch, 1), rel=0.05)
+
+
+@pytest.mark.parametrize("learner, n_way", [("protonet", 5), ("matching", 5), ("relation", 5),
+                                            ("snail", 5), ("leo", 5), ("matching", 20),
+                                            ("relation", 20)])
+def test_episodic_learners_counts_agree_with_flop_counter(learner: str, n_way: int) -> None:
+    """Per-episode measurement (``ModelCost.of_episode``) of the metric and model-based
+    learners against the counter, 1-shot with 3 queries a class."""
+    batch = omniglot_batch(tasks=2, n_way=n_way, queries=3)
+    torch.manual_seed(0)
+    model = Conv4(n_way=n_way)
+    cost = ModelCost.of_episode(build_learner(learner, model), unstack(batch, 0))
+    ours = len(batch) * episode_flops(cost, learner, n_way, 3 * n_way, 1)
+    assert cost.per_episode and ours == pytest.approx(counted(learner, model, batch, 1),
+                                                      rel=0.05)

@@ -79,10 +79,10 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     learner_kwargs = {"inner_lr": cfg.meta.inner_lr, "inner_steps": cfg.meta.inner_steps,
                       "eval_steps": cfg.meta.eval_steps}
     with torch.random.fork_rng(devices=[]):  # the initial model from the seed, no side effect
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # (and the modules a learner adds: relation, snail)
         model = build_model(tasks.model, **tasks.model_kwargs)
-    learner = build_learner(algorithm.learner, model, precision=cfg.train.precision,
-                            **learner_kwargs)
+        learner = build_learner(algorithm.learner, model, precision=cfg.train.precision,
+                                **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer,
                           resolve_device(cfg.train.device))
     rows: list[Row] = []

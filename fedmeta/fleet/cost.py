@@ -16,6 +16,15 @@ the first weighted layer, whose input gradient is never needed:
 - joint training (FedAvg): ``F(s+q) + B(s+q)``; Per-FedAvg FO: one step, ``F(s) + B(s) +
   F(q) + B(q)``; HF adds two support gradients, ``2 (F(s) + B(s))``.
 
+Learners that score queries from the whole episode (``few_shot_only``: Prototypical,
+Matching and Relation Networks, SNAIL, LEO) are measured per episode instead
+(``ModelCost.of_episode``): ``F`` is the forward FLOPs of the learner's ``classify`` on one
+episode (embedding of support and query, relation module, sequence model, LEO's encoder,
+relation net) and ``L`` its first image layer's; the meta-gradient costs ``F + 2 F - L``
+(one backward through everything) and scoring costs ``F``. Left out: the attention and
+cosine products (SNAIL, Matching) and LEO's decoder and latent and fine-tuning steps, on
+16-d codes and a linear classifier (within 0.1% on Conv4 5- and 20-way).
+
 ``tests/test_fleet_cost.py`` checks these against ``torch.utils.flop_counter``: equal on
 Conv4 and the sinusoid MLP, ANIL within 6% (its head steps are left out). Scoring the
 episodes a device trained on (pre- and post-adaptation query loss, as its reply reports)
@@ -25,7 +34,8 @@ Memory is a rough upper estimate (float32): the meta-parameters and three same-s
 copies (adapted weights, gradient, pseudo-gradient) plus the activations autograd keeps:
 one forward on support and query for first-order learners and ANIL; second-order ones keep
 every inner step's forward and backward graph, ``3 k`` support activations, plus ``2 k``
-more copies of the parameters.
+more copies of the parameters. Per-episode learners: the four copies and the activations
+of one ``classify``.
 """
 
 from __future__ import annotations
@@ -35,20 +45,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..meta import MetaLearner
+from ..tasks.episode import Episode
+
 FLOAT_BYTES = 4
 SECOND_ORDER = ("maml", "metasgd")
 LEARNERS = ("maml", "fomaml", "anil", "metasgd", "reptile", "joint", "perfedavg-fo",
-            "perfedavg-hf", "protonet")
+            "perfedavg-hf", "protonet")  # and any learner measured per episode
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
 class ModelCost:
-    """Per-example forward FLOPs, first-layer FLOPs and kept activations of a model."""
+    """Per-example forward FLOPs, first-layer FLOPs and kept activations of a model; or,
+    with ``per_episode``, those of one episode's ``classify`` (``of_episode``)."""
 
     params: int  # entries of the model's parameters
     forward: float  # FLOPs of one example's forward pass (conv + linear)
     first_layer: float  # FLOPs of the first weighted layer on one example
     activations: int  # floats a forward pass produces per example (every leaf module)
+    per_episode: bool = False  # the three above are one episode's, not one example's
 
     @classmethod
     def of(cls, model: nn.Module, example_shape: tuple[int, ...]) -> ModelCost:
@@ -64,7 +80,7 @@ class ModelCost:
             floats.append(out.numel() // 2)
 
         hooks = [m.register_forward_hook(weighted) for m in model.modules()
-                 if isinstance(m, (nn.Conv2d, nn.Linear))]
+                 if isinstance(m, WEIGHTED)]
         hooks += [m.register_forward_hook(leaf) for m in model.modules()
                   if not list(m.children())]
         try:
@@ -75,6 +91,41 @@ class ModelCost:
                 hook.remove()
         return cls(sum(p.numel() for p in model.parameters()), sum(flops),
                    flops[0] if flops else 0.0, sum(floats))
+
+    @classmethod
+    def of_episode(cls, learner: MetaLearner, episode: Episode) -> ModelCost:
+        """Measure ``learner.classify`` (a ``few_shot_only`` learner) on ``episode`` with
+        forward hooks: its FLOPs, its first image layer's and the floats its leaf modules
+        output, all for the whole episode."""
+        model = learner.model
+        first = next(m for m in model.body.modules() if isinstance(m, WEIGHTED))
+        flops: list[float] = []
+        first_flops: list[float] = []
+        floats: list[int] = []
+
+        def weighted(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            value = out.numel() * module.weight.numel() / module.weight.shape[0]
+            flops.append(2.0 * value)
+            if module is first:
+                first_flops.append(2.0 * value)
+
+        def leaf(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            floats.append(out.numel())
+
+        hooks = [m.register_forward_hook(weighted) for m in model.modules()
+                 if isinstance(m, WEIGHTED)]
+        hooks += [m.register_forward_hook(leaf) for m in model.modules()
+                  if not list(m.children())]
+        params = learner.init_params()
+        try:
+            with torch.no_grad():
+                learner.classify(params, episode.support_x.float(), episode.support_y,
+                                 episode.query_x.float(), episode.n_way)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return cls(sum(v.numel() for v in params.values()), sum(flops), sum(first_flops),
+                   sum(floats), per_episode=True)
 
     def fwd(self, n: int) -> float:
         return self.forward * n
@@ -91,6 +142,8 @@ def episode_flops(cost: ModelCost, learner: str, support: int, query: int,
                   inner_steps: int) -> float:
     """FLOPs of one episode's share of ``learner.meta_update`` (see the module docstring)."""
     k, s, q = inner_steps, support, query
+    if cost.per_episode:
+        return cost.forward + 2 * cost.forward - cost.first_layer
     if learner in ("fomaml", "anil", "perfedavg-fo"):
         inner = (1 if learner != "fomaml" else k) * cost.step(s)
         return inner + cost.step(q)
@@ -108,7 +161,10 @@ def episode_flops(cost: ModelCost, learner: str, support: int, query: int,
 
 
 def scoring_flops(cost: ModelCost, support: int, query: int, steps: int) -> float:
-    """FLOPs of scoring one episode before and after ``steps`` adaptation steps."""
+    """FLOPs of scoring one episode before and after ``steps`` adaptation steps (a
+    per-episode cost: one ``classify``)."""
+    if cost.per_episode:
+        return cost.forward
     return 2 * cost.fwd(query) + steps * cost.step(support)
 
 
@@ -116,7 +172,9 @@ def memory_bytes(cost: ModelCost, learner: str, support: int, query: int,
                  inner_steps: int) -> float:
     """Estimated peak bytes of one episode's meta-gradient (see the module docstring)."""
     params = cost.params * (2 if learner == "metasgd" else 1)
-    if learner in SECOND_ORDER:
+    if cost.per_episode:
+        floats = 4 * params + cost.activations
+    elif learner in SECOND_ORDER:
         floats = (4 + 2 * inner_steps) * params + cost.activations * (
             3 * inner_steps * support + query)
     else:

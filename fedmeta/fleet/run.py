@@ -74,7 +74,8 @@ class FleetRun:
         work = Work(algorithm.learner, cfg.meta.inner_steps, fed.local_steps, fed.meta_batch,
                     int(episode.support_x.shape[0]), int(episode.query_x.shape[0]),
                     adapt_steps(algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
-        cost = ModelCost.of(learner.model, tuple(episode.support_x.shape[1:]))
+        cost = ModelCost.of_episode(learner, episode) if learner.few_shot_only \
+            else ModelCost.of(learner.model, tuple(episode.support_x.shape[1:]))
         return cls(cfg, fleet, cost, work, [v.numel() for v in learner.init_params().values()])
 
     # -- bytes and plans --------------------------------------------------------------------

@@ -19,16 +19,21 @@ from .anil import ANIL
 from .base import MetaLearner, MetaUpdate, Params
 from .fomaml import FirstOrderMAML
 from .joint import JointTraining
+from .leo import Leo
 from .maml import MAML
+from .matching import MatchingNet
 from .metasgd import MetaSGD
 from .perfedavg import PerFedAvgFO, PerFedAvgHF
 from .protonet import ProtoNet
+from .relation import RelationNet
 from .reptile import Reptile
+from .snail import Snail
 from .trainer import MetaTrainer
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {
     cls.name: cls for cls in (MAML, FirstOrderMAML, Reptile, MetaSGD, ANIL, ProtoNet,
-                              JointTraining, PerFedAvgFO, PerFedAvgHF)
+                              JointTraining, PerFedAvgFO, PerFedAvgHF, MatchingNet,
+                              RelationNet, Snail, Leo)
 }
 
 
@@ -39,6 +44,7 @@ def build_learner(name: str, model: nn.Module, **kwargs: object) -> MetaLearner:
     return ALGORITHMS[name](model, **kwargs)
 
 
-__all__ = ["ALGORITHMS", "ANIL", "FirstOrderMAML", "JointTraining", "MAML", "MetaLearner",
-           "MetaSGD", "MetaTrainer", "MetaUpdate", "Params", "PerFedAvgFO", "PerFedAvgHF",
-           "ProtoNet", "Reptile", "build_learner"]
+__all__ = ["ALGORITHMS", "ANIL", "MAML", "FirstOrderMAML", "JointTraining", "Leo",
+           "MatchingNet", "MetaLearner", "MetaSGD", "MetaTrainer", "MetaUpdate", "Params",
+           "PerFedAvgFO", "PerFedAvgHF", "ProtoNet", "RelationNet", "Reptile", "Snail",
+           "build_learner"]

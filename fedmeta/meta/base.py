@@ -131,6 +131,8 @@ class MetaLearner(ABC):
     name: str = ""
     first_order: bool = True
     """Whether ``meta_update`` needs no second derivatives (``precision`` applies to it)."""
+    few_shot_only = False  # True: classifies N-way K-shot episodes only (metric learners...)
+    any_way = False  # True: scores episodes of any number of classes (not its head's)
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_steps: int | None = None, batched: bool | None = None,

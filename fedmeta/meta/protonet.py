@@ -25,6 +25,8 @@ class ProtoNet(MetaLearner):
     """Prototypical Networks over the body of a model (classification only)."""
 
     name = "protonet"
+    few_shot_only = True
+    any_way = True
 
     def init_params(self) -> Params:
         return {k: v for k, v in super().init_params().items() if k.startswith("body.")}
