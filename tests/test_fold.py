@@ -155,3 +155,21 @@ def test_turns_spill_what_waits_beyond_the_limit_and_read_it_back() -> None:
     for p in r:
         for k, a in r[p].content["arrays"].items():
             np.testing.assert_array_equal(a.numpy(), raw[p][k])
+
+
+def test_metric_means_are_flowers_to_the_bit() -> None:
+    """The metrics kept as plain numbers average exactly as Flower's aggregate_metricrecords."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+    from fedmeta.app.fold import MetricMean
+
+    rng = np.random.default_rng(3)
+    records = [MetricRecord({"num-examples": int(rng.integers(1, 50)),
+                             "loss": float(rng.normal()), "acc": float(rng.random()),
+                             "curve": [float(v) for v in rng.normal(size=3)]})
+               for _ in range(17)]
+    mean = MetricMean("num-examples")
+    for record in records:
+        mean.add(record)
+    flower = aggregate_metricrecords([RecordDict({"m": r}) for r in records], "num-examples")
+    assert dict(mean.result()) == dict(flower)

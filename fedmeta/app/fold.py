@@ -16,7 +16,7 @@ arrival or not: same numbers.
 
 The folds (``Fold``): ``WeightedMean`` (FedAvg's episode-weighted mean, the default
 ``federation.aggregation = "mean"``, and the DP means built on it) keeps one float64 sum per
-array, the total weight and each reply's few scalar metrics; ``KeepAll`` is for the rules that
+array, the total weight and each reply's few metrics as plain numbers (``MetricMean``); ``KeepAll`` is for the rules that
 need every update at once (median, trimmed mean, Multi-Krum, the norm bound and filters: a
 coordinate-wise order statistic, pairwise distances or the round's median norm): it keeps the
 round's replies, O(devices per round x model), as those rules must.
@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 PULL_INTERVAL_S = 0.1  # Flower's InMemoryGrid default, for grids that do not say theirs
 HELD_IN_MEMORY = 16  # replies waiting for their turn kept in memory; the rest go to disk
@@ -65,21 +64,52 @@ class Fold(Protocol):
         """The aggregated update, the mean metrics and the replies left out."""
 
 
+class MetricMean:
+    """Flower's ``aggregate_metricrecords`` (the weighted mean of each metric, weights
+    normalised first, summed in order) over replies' metrics kept as plain numbers: a few
+    hundred bytes a reply, the same result to the bit."""
+
+    def __init__(self, weight_key: str) -> None:
+        self.weight_key = weight_key
+        self.kept: list[tuple[float, dict[str, float | list[float]]]] = []
+
+    def add(self, metrics: MetricRecord) -> float:
+        """Keep one reply's metrics; return its weight."""
+        weight = metrics[self.weight_key]
+        self.kept.append((weight, {k: v for k, v in metrics.items() if k != self.weight_key}))
+        return float(weight)
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def result(self) -> MetricRecord:
+        total = sum(w for w, _ in self.kept)
+        out: dict[str, float | list[float]] = {}
+        for w, values in self.kept:
+            factor = w / total
+            for key, value in values.items():
+                if isinstance(value, list):
+                    out[key] = [v * factor for v in value] if key not in out else \
+                        [c + v * factor for c, v in zip(out[key], value, strict=True)]
+                else:
+                    out[key] = value * factor if key not in out else out[key] + value * factor
+        return MetricRecord(out)
+
+
 class WeightedMean:
     """FedAvg's weighted mean: ``sum_i w_i x_i / sum_i w_i``, summed in float64 in the order
     the replies are added, cast back to each array's dtype; ``w_i`` is the reply's
-    ``weight_key`` metric (episodes). Metrics: Flower's ``aggregate_metricrecords``."""
+    ``weight_key`` metric (episodes). Metrics: ``MetricMean``."""
 
     def __init__(self, arrays_key: str, weight_key: str) -> None:
-        self.arrays_key, self.weight_key = arrays_key, weight_key
+        self.arrays_key = arrays_key
         self.total: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, np.dtype] = {}
         self.weight = 0.0
-        self.metrics: list[RecordDict] = []
+        self.metrics = MetricMean(weight_key)
 
     def add(self, reply: Message) -> None:
-        metrics = next(iter(reply.content.metric_records.values()))
-        weight = float(metrics[self.weight_key])
+        weight = self.metrics.add(next(iter(reply.content.metric_records.values())))
         for key, array in reply.content[self.arrays_key].items():
             value = array.numpy()
             if key not in self.total:
@@ -89,14 +119,13 @@ class WeightedMean:
             scaled *= weight
             self.total[key] += scaled
         self.weight += weight
-        self.metrics.append(RecordDict({"metrics": metrics}))
 
     def result(self) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
-        if not self.metrics:
+        if not len(self.metrics):
             return None, None, []
         arrays = ArrayRecord({k: Array(np.asarray((v / self.weight).astype(self.dtypes[k])))
                               for k, v in self.total.items()})
-        return arrays, aggregate_metricrecords(self.metrics, self.weight_key), []
+        return arrays, self.metrics.result(), []
 
 
 class KeepAll:

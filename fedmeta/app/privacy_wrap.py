@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from ..config import COUNT_STD_SHARE, Config, PrivacyConfig
 from ..meta import MetaTrainer, MetaUpdate
@@ -45,7 +44,7 @@ from ..privacy.mechanism import PoissonSum, add_noise, mean_sensitivity, noise_s
 from ..privacy.sampling import ADJACENCY, NOISE_SCALE
 from ..results import Row
 from .faults import fault_of
-from .fold import Fold
+from .fold import Fold, MetricMean
 from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
 from .strategy import FedMeta
@@ -286,7 +285,7 @@ class PrivateMean:
         self.s, self.round, self.inner = strategy, server_round, inner
         self.clip_norm = strategy.clip_norm
         self.sum = PoissonSum(strategy.trainer.params) if inner is None else None
-        self.metrics: list[RecordDict] = []
+        self.metrics = MetricMean(NUM_EXAMPLES)
         self.norms: list[float] = []
         self.weights: list[float] = []
         self.clipped = 0
@@ -302,7 +301,7 @@ class PrivateMean:
         self.weights.append(float(reply.content[METRICS][NUM_EXAMPLES]))
         if self.sum is not None:
             self.sum.add(update)
-            self.metrics.append(RecordDict({METRICS: reply.content[METRICS]}))
+            self.metrics.add(reply.content[METRICS])
         else:
             self.inner.add(reply)
 
@@ -318,8 +317,7 @@ class PrivateMean:
             arrays = to_record(add_noise(self.sum.mean(expected),
                                          s.noise_multiplier * clip_norm / expected,
                                          noise_source(p, s.seed, server_round)))
-            metrics = aggregate_metricrecords(self.metrics, NUM_EXAMPLES) \
-                if self.metrics else None
+            metrics = self.metrics.result() if len(self.metrics) else None
         else:
             expected = float(len(self.weights))
             arrays, metrics, left_out = self.inner.result()

@@ -15,6 +15,10 @@ Reliability (``docs/reliability.md``): bad replies are rejected and counted by k
 with fewer than ``min_good_replies`` good ones is retried on a fresh sample or skipped;
 ``aggregation`` picks the (robust) rule; ``start`` can resume at a later round and calls
 ``end_of_round`` after each, where the server state is saved.
+
+Memory (``fedmeta.app.fold``): training replies are checked and folded into the aggregate as
+they arrive, in partition order, so the mean holds O(model); the robust rules keep the
+round's replies.
 """
 
 from __future__ import annotations
