@@ -359,7 +359,7 @@ MAXIMA: dict[str, int | float] = {
     "meta.inner_steps": 1_000, "meta.eval_steps": 1_000,
     "train.meta_batch": 10_000, "train.iterations": 10_000_000,
     "train.eval_episodes": 1_000_000, "train.seed": 2**32 - 1,
-    "federation.num_devices": 10_000, "federation.rounds": 1_000_000,
+    "federation.num_devices": 1_000_000, "federation.rounds": 1_000_000,
     "federation.meta_batch": 10_000, "federation.local_steps": 1_000,
     "federation.eval_every": 1_000_000, "federation.eval_episodes": 100_000,
     "federation.max_retries": 100, "federation.round_timeout": 7 * 24 * 3600.0,
