@@ -10,16 +10,17 @@ Floating-point sums depend on their order, and replies arrive in whatever order 
 finish, so folds take replies in partition order: ``Turns`` releases a reply once every
 device of a lower partition that was asked has replied (or was dropped). Replies that come
 before their turn wait, at most ``held_in_memory`` of them in memory and the rest in a
-temporary folder (their arrays spilled to ``.npy`` files and read back at their turn), so the
+temporary folder (their arrays spilled to ``.npz`` files and read back at their turn), so the
 memory bound holds even when the first device is the slowest. Same config and seed, same
 arrival or not: same numbers.
 
 The folds (``Fold``): ``WeightedMean`` (FedAvg's episode-weighted mean, the default
 ``federation.aggregation = "mean"``, and the DP means built on it) keeps one float64 sum per
-array, the total weight and each reply's few metrics as plain numbers (``MetricMean``); ``KeepAll`` is for the rules that
-need every update at once (median, trimmed mean, Multi-Krum, the norm bound and filters: a
-coordinate-wise order statistic, pairwise distances or the round's median norm): it keeps the
-round's replies, O(devices per round x model), as those rules must.
+array, the total weight and each reply's few metrics as plain numbers (``MetricMean``);
+``KeepAll`` is for the rules that need every update at once (median, trimmed mean,
+Multi-Krum, the norm bound and filters: a coordinate-wise order statistic, pairwise distances
+or the round's median norm): it keeps the round's replies, O(devices per round x model), as
+those rules must.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 PULL_INTERVAL_S = 0.1  # Flower's InMemoryGrid default, for grids that do not say theirs
+# (Flower's gRPC grid under ``flwr run`` sleeps 3 s between pulls; pulling every 0.1 s ends a
+# round at most 0.1 s after its last reply)
 HELD_IN_MEMORY = 16  # replies waiting for their turn kept in memory; the rest go to disk
 
 
@@ -47,7 +50,7 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message],
     end = time.time() + (timeout if timeout is not None else 0.0)
     interval = getattr(grid, "pull_interval", PULL_INTERVAL_S)
     while ids and (timeout is None or time.time() < end):
-        for reply in grid.pull_messages(ids):
+        for reply in list(grid.pull_messages(ids)):
             ids.discard(reply.metadata.reply_to_message_id)
             yield reply
         if ids:
