@@ -1,5 +1,6 @@
 """Scale of federated runs on Flower's simulation engine (Ray): fleets of 100, 1,000 and
-10,000 devices, 10% of them sampled per round.
+10,000 devices, 10% of them sampled per round (``--fraction``; 100,000 devices at 1%:
+``--sizes 100000 --fraction 0.01``).
 
 For each task and fleet size, one run in a fresh process (so memory peaks do not mix):
 
@@ -21,6 +22,7 @@ timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
 
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
                                      [--rounds 4] [--dispatch indexed flower]
+                                     [--fraction 0.1]
 """
 
 from __future__ import annotations
@@ -48,11 +50,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
 
 
-def fleet_config(task: str, size: int, rounds: int, dispatch: str) -> dict[str, Any]:
-    """A fleet of ``size`` devices, ``size // 10`` sampled per round, evaluation only at
-    round 0 and after the last; Flower's engine pumping messages by ``dispatch``."""
+def per_round(size: int, fraction: float) -> int:
+    """Devices sampled per round in a fleet of ``size``."""
+    return max(1, round(size * fraction))
+
+
+def fleet_config(task: str, size: int, rounds: int, dispatch: str,
+                 fraction: float = 0.1) -> dict[str, Any]:
+    """A fleet of ``size`` devices, ``per_round(size, fraction)`` sampled per round,
+    evaluation only at round 0 and after the last; Flower's engine pumping messages by
+    ``dispatch``."""
     federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
-                  "fraction_train": 0.0, "min_train_devices": size // 10,
+                  "fraction_train": 0.0, "min_train_devices": per_round(size, fraction),
                   "eval_every": rounds, "eval_episodes": 5, "meta_batch": 10}
     config: dict[str, Any] = {"federation": federation,
                               "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1,
@@ -189,20 +198,22 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
     return out
 
 
-def one(task: str, size: int, rounds: int, dispatch: str) -> dict[str, Any]:
+def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1
+        ) -> dict[str, Any]:
     """Measure one task, fleet size and dispatch (run in a fresh process by ``main``)."""
-    config = fleet_config(task, size, rounds, dispatch)
+    config = fleet_config(task, size, rounds, dispatch, fraction)
+    count = per_round(size, fraction)
     ray_run = run_on_ray(config)
     steady = {int(r): s for r, s in ray_run["round_s"].items()}
     meta = meta_learning_seconds(config, sorted(steady))
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
-    return {"task": task, "devices": size, "dispatch": dispatch, "per_round": size // 10,
+    return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
             "rounds": rounds,
             **ray_run, "round_s": statistics.median(steady.values()),
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
-            "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * (size // 10)),
+            "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * count),
             "overhead_share": statistics.median(shares)}
 
 
@@ -214,7 +225,8 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              f"{started}: {host()}.", "",
              *([f"Rows measured at other times: {sorted({r['started'] for r in results})}.", ""]
                if len({r.get('started') for r in results}) > 1 else []),
-             "10% of the fleet sampled per round; one run per row in a fresh process; "
+             "10% of the fleet sampled per round unless `per round` says otherwise; one run "
+             "per row in a fresh process; "
              "per-round times are the median over rounds 2..R (round 1 starts the workers); "
              "overhead share = 1 - (devices' meta-learning time, single-threaded, / Ray "
              "workers) / round time. Dispatch: how Flower's engine pumps messages to "
@@ -228,7 +240,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
     for r in results:
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
-                         f"{r['devices'] // 10} | failed: {r['error']} ||||||||||")
+                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||")
             continue
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
@@ -257,6 +269,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["sinusoid"],
                         choices=["sinusoid", "omniglot"])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--fraction", type=float, default=0.1,
+                        help="share of the fleet sampled per round")
     parser.add_argument("--dispatch", nargs="+", default=list(DISPATCHES), choices=DISPATCHES,
                         help="message pumps to compare (simulation.dispatch)")
     parser.add_argument("--keep", action="store_true",
@@ -265,7 +279,8 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2])))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2],
+                             args.fraction)))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
@@ -277,12 +292,14 @@ def main() -> None:
                    for r in old["results"] if row_key(r) not in measured]
     for task, size, dispatch in sorted(measured, key=lambda k: (k[0], k[1], k[2] != "flower")):
         proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
-                               "--rounds", str(args.rounds)], capture_output=True, text=True)
+                               "--rounds", str(args.rounds), "--fraction",
+                               str(args.fraction)], capture_output=True, text=True)
         if proc.returncode == 0:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         else:
             results.append({"task": task, "devices": size, "dispatch": dispatch,
-                            "error": proc.stderr.strip().splitlines()[-1][:200]})
+                            "per_round": per_round(size, args.fraction),
+                            "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]})
         print(json.dumps(results[-1]), flush=True)
         results[-1]["started"] = started
         write(sorted(results, key=row_key), started)

@@ -265,7 +265,10 @@ class FleetConfig:
     ``policy``: ``partial`` (devices shrink their work to fit), ``drop`` (late replies are
     dropped) or ``wait`` (the round waits for the slowest); ``fallback``: what second-order
     MAML becomes where it does not fit memory; ``compression`` of updates (``topk`` keeps
-    ``topk_fraction`` of the entries).
+    ``topk_fraction`` of the entries). ``trace_capacity`` and ``trace_behaviour``: FedScale's
+    measured ``client_device_capacity`` (per-device compute latency and bandwidth, replacing
+    the tiers' rates) and ``client_behave_trace`` (availability windows on the simulated
+    clock, replacing the tiers' availability) pickles (``fedmeta.fleet.traces``).
     """
 
     tiers: str = ""
@@ -275,6 +278,8 @@ class FleetConfig:
     fallback: str = "fomaml"
     compression: str = "none"
     topk_fraction: float = 0.01
+    trace_capacity: str = ""
+    trace_behaviour: str = ""
 
 
 @dataclass
@@ -375,7 +380,7 @@ MAXIMA: dict[str, int | float] = {
     "meta.inner_steps": 1_000, "meta.eval_steps": 1_000,
     "train.meta_batch": 10_000, "train.iterations": 10_000_000,
     "train.eval_episodes": 1_000_000, "train.seed": 2**32 - 1,
-    "federation.num_devices": 10_000, "federation.rounds": 1_000_000,
+    "federation.num_devices": 1_000_000, "federation.rounds": 1_000_000,
     "federation.meta_batch": 10_000, "federation.local_steps": 1_000,
     "federation.eval_every": 1_000_000, "federation.eval_episodes": 100_000,
     "federation.max_retries": 100, "federation.round_timeout": 7 * 24 * 3600.0,
@@ -871,10 +876,11 @@ def _check_fleet(cfg: Config) -> None:
     if not 0.0 < f.topk_fraction <= 1.0:
         raise ConfigError("fleet.topk_fraction", f.topk_fraction, "a number in (0, 1]")
     if not fleet_module.enabled(cfg):
-        if f.compression != "none" or f.deadline_s:
+        if f.compression != "none" or f.deadline_s or f.trace_capacity or f.trace_behaviour:
             raise ConfigError("fleet.tiers", f.tiers, "tiers of devices, e.g. "
-                              "\"raspberry-pi-4:0.5:0.2, phone:0.5:0.3\", for a deadline or "
-                              "compression")
+                              "\"raspberry-pi-4:0.5:0.2, phone:0.5:0.3\", for a deadline, "
+                              "compression or device traces (the tiers give the memory and "
+                              "what the traces do not measure)")
         return
     fleet_module.check(cfg)
     if f.policy != "wait" and f.deadline_s == 0:

@@ -180,3 +180,28 @@ def test_a_malformed_address_is_a_config_error(address: str) -> None:
         config.from_dict({"simulation": {"ray_address": address}})
     for good in ("auto", "10.0.0.1:6379", "head-node:6379", "ray://head:10001"):
         assert config.from_dict({"simulation": {"ray_address": good}})
+
+
+def test_a_node_without_the_fleets_trace_file_is_named(tmp_path: Path) -> None:
+    """Every node reads the FedScale traces at the configured path; one lacking it is named."""
+    import pickle
+
+    import ray
+
+    from fedmeta.app.cluster import check_nodes
+    from fedmeta.config import from_dict
+
+    trace = tmp_path / "client_device_capacity"
+    trace.write_bytes(pickle.dumps({1: {"computation": 10.0, "communication": 100.0}}))
+    cfg = from_dict({"simulation": {"ray_address": "auto"},
+                     "fleet": {"tiers": "phone:1", "policy": "wait",
+                               "trace_capacity": str(trace)}})
+    trace.unlink()  # present when the config was checked, gone when the node looks
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        with pytest.raises(FedmetaError, match=rf"1 of 1 nodes.*: no file {trace} "
+                                               r"\(fleet\.trace_capacity\)"):
+            check_nodes(cfg)
+    finally:
+        ray.shutdown()

@@ -2,6 +2,7 @@
 
 Every node must import fedmeta itself, at the driver's version (installed, or on the
 ``PYTHONPATH`` of its ``ray start``), and hold the Omniglot zips when the task needs them
+and the fleet's files (profiles, FedScale traces) at the paths the config gives
 (docs/scale.md): before the run, a tiny task pinned to each alive node reports what it has,
 and a node that lacks one is named in a ``FedmetaError``.
 """
@@ -53,29 +54,41 @@ def _reachable(address: str) -> None:
         pass
 
 
-def _report(needs_omniglot: bool, data_dir: str) -> dict[str, Any]:
-    """What this node has: fedmeta's version and file, and the Omniglot zips if needed."""
+def _report(needs_omniglot: bool, data_dir: str, files: dict[str, str]) -> dict[str, Any]:
+    """What this node has: fedmeta's version and file, the Omniglot zips if needed, and
+    which of ``files`` (config field -> path) it lacks."""
+    import os
+
     import fedmeta as here
     from fedmeta.tasks.omniglot import resolve_zips
 
-    data = ""
+    data = [f"no file {path} ({field})" for field, path in files.items()
+            if not os.path.isfile(path)]
     if needs_omniglot:
         try:
             resolve_zips(data_dir or None)
         except Exception as exc:  # noqa: BLE001 (DataError: no folder, no zips; reported)
-            data = _gist(exc)
-    return {"version": here.__version__, "file": here.__file__, "data": data}
+            data.append(_gist(exc))
+    return {"version": here.__version__, "file": here.__file__, "data": "; ".join(data)}
+
+
+def node_files(cfg: Config) -> dict[str, str]:
+    """The files every node reads where the config says: the fleet's profiles and traces."""
+    f = cfg.fleet
+    return {f"fleet.{name}": path for name, path in (
+        ("profiles_file", f.profiles_file), ("trace_capacity", f.trace_capacity),
+        ("trace_behaviour", f.trace_behaviour)) if path and f.tiers.strip()}
 
 
 def check_nodes(cfg: Config) -> None:
     """Raise a ``FedmetaError`` naming each alive node that cannot import fedmeta at this
-    version, or lacks the Omniglot zips the task needs."""
+    version, or lacks the Omniglot zips the task needs or a file of ``node_files``."""
     needs = cfg.task.kind == "omniglot"
     probe = ray.remote(num_cpus=0)(_report)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     pending = {n["NodeManagerAddress"] + " (node " + n["NodeID"][:12] + ")":
                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                   n["NodeID"], soft=False)).remote(needs, cfg.task.data_dir)
+                   n["NodeID"], soft=False)).remote(needs, cfg.task.data_dir, node_files(cfg))
                for n in nodes}
     problems = []
     for name, ref in pending.items():

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from ..config import COUNT_STD_SHARE, Config, PrivacyConfig
 from ..meta import MetaTrainer, MetaUpdate
 from ..privacy import accounting, sampling
 from ..privacy.clipping import AdaptiveClip, clip, l2_norm, split_noise
-from ..privacy.mechanism import add_noise, mean_sensitivity, noise_source, poisson_mean
+from ..privacy.mechanism import PoissonSum, add_noise, mean_sensitivity, noise_source
 from ..privacy.sampling import ADJACENCY, NOISE_SCALE
 from ..results import Row
 from .faults import fault_of
+from .fold import Fold, MetricMean
 from .secagg import secure_mean
 from .records import ARRAYS, METRICS, NUM_EXAMPLES, to_params, to_record
 from .strategy import FedMeta
@@ -122,67 +122,34 @@ class PrivateFedMeta(FedMeta):
             self.ledger.record(device, self.accounted_noise, rate)
 
     # -- the private mean ------------------------------------------------------------------
-    def enough(self, valid: list[Message]) -> bool:
+    def enough(self, good: int) -> bool:
         """Under Poisson sampling with central noise every round releases its noised sum,
         however few devices replied (a retry would reveal their number)."""
         if self.privacy.noise == "central" and self.scheme == "poisson":
             return True
-        return super().enough(valid)
+        return super().enough(good)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        if self.privacy.noise == "local" and self.privacy.noisy:  # every noised reply counts
-            for reply in replies:
-                node = reply.metadata.src_node_id
-                if reply.has_content() and node in self.partitions:
-                    self.ledger.record(self.partitions[node], self.accounted_noise, 1.0)
         if not self.privacy.secure_aggregation:
-            return super().aggregate_train(server_round, replies)
+            return super().aggregate_train(server_round, self._accounted(replies))
         return self._secure_train(server_round)
 
-    def aggregate_updates(self, server_round: int, replies: list[Message]
-                          ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
-        p, clip_norm = self.privacy, self.clip_norm
-        server_clips = p.clipping != "none" and p.noise != "local"
-        clipped_count, norms, updates = 0, [], []
+    def _accounted(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """``replies``, each device's locally noised release recorded as it passes."""
+        local = self.privacy.noise == "local" and self.privacy.noisy  # every one counts
         for reply in replies:
-            update = to_params(reply.content[ARRAYS])
-            if server_clips:
-                update, was_clipped = clip(update, clip_norm)
-                clipped_count += was_clipped
-                reply.content[ARRAYS] = to_record(update)
-            norms.append(l2_norm(update))
-            updates.append(update)
-        self.norms[server_round], self.used_clip_norm[server_round] = norms, clip_norm
-        central = p.noise == "central"
-        if central and self.scheme == "poisson":
-            expected = self.sample_rate * len(self.eligible.get(server_round, []))
-            if expected == 0:  # nobody could take part (a fleet with no device on)
-                return None, None, []
-            mean = poisson_mean(updates, expected, self.trainer.params)
-            arrays = to_record(add_noise(mean, self.noise_multiplier * clip_norm / expected,
-                                         noise_source(p, self.seed, server_round)))
-            metrics = aggregate_metricrecords([r.content for r in replies], NUM_EXAMPLES) \
-                if replies else None
-            left_out: list[Message] = []
-        else:
-            expected = float(len(replies))
-            arrays, metrics, left_out = super().aggregate_updates(server_round, replies)
-            if arrays is None:
-                return arrays, metrics, left_out
-            if central:
-                weights = [float(r.content[METRICS][NUM_EXAMPLES]) for r in replies]
-                std = self.noise_multiplier * mean_sensitivity(clip_norm, weights)
-                arrays = to_record(add_noise(to_params(arrays), std,
-                                             noise_source(p, self.seed, server_round)))
-        self.releases += 1
-        if central:
-            self._record_central(server_round)
-        if self.adaptive:
-            self.adaptive.update(clipped_count, len(replies), float(noise_source(
-                p, self.seed, server_round, 1).normal((), torch.float64)), expected)
-        return arrays, metrics, left_out
+            node = reply.metadata.src_node_id
+            if local and reply.has_content() and node in self.partitions:
+                self.ledger.record(self.partitions[node], self.accounted_noise, 1.0)
+            yield reply
+
+    def fold(self, server_round: int) -> Fold:
+        """The private mean, one reply at a time (``PrivateMean``): under central noise and
+        Poisson sampling the clipped sum over the expected count, else FedMeta's rule over
+        the clipped updates."""
+        poisson = self.privacy.noise == "central" and self.scheme == "poisson"
+        return PrivateMean(self, server_round, None if poisson else super().fold(server_round))
 
     # -- secure aggregation ----------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -259,8 +226,10 @@ class PrivateFedMeta(FedMeta):
     # -- stopping at the target ------------------------------------------------------------
     def planned_epsilon(self, rounds: int) -> float:
         """The worst device's epsilon after ``rounds`` released rounds, planned ahead: under
-        central noise from who is eligible each round (the fleet's availability), under
-        local noise for a device that replies every round and every retry."""
+        central noise from who is eligible each round (the fleet's availability; under a
+        behaviour trace, whose rounds' times are not known ahead, a bound: every device
+        eligible every round, at rate ``q`` (Poisson) or 1 (fixed)), under local noise for a
+        device that replies every round and every retry."""
         p, fed = self.privacy, self.fed
         ledger = accounting.Ledger(p.accountant, p.delta)
         if p.noise == "local":
@@ -269,11 +238,13 @@ class PrivateFedMeta(FedMeta):
             return ledger.worst()
         for server_round in range(1, rounds + 1):
             eligible = list(range(fed.num_train))
-            if self.fleet is not None:
+            if self.fleet is not None and self.fleet.fleet.behaviour is None:
                 on = self.fleet.fleet.available(server_round)
                 eligible = [d for d in eligible if on[d]]
             rate = sampling.inclusion_rate(self.scheme, self.sample_rate,
                                            fed.train_per_round, len(eligible))
+            if self.fleet is not None and self.fleet.fleet.behaviour is not None:
+                rate = self.sample_rate if self.scheme == "poisson" else 1.0  # at most
             for device in eligible:
                 ledger.record(device, self.accounted_noise, rate)
         return ledger.worst()
@@ -299,6 +270,70 @@ class PrivateFedMeta(FedMeta):
                            self.privacy.target_epsilon, allowed, num_rounds)
         return super().start(grid, initial_arrays, allowed, timeout, train_config,
                              evaluate_config, evaluate_fn, **resume)
+
+
+class PrivateMean:
+    """A private round's aggregate, folded one reply at a time in O(model) (but for the
+    robust rules, which keep every reply): each update is clipped to the round's clip norm
+    on the server (unless devices clip, or noise locally) and passed to ``inner`` (FedMeta's
+    rule), or with ``inner=None`` (central noise, Poisson sampling) summed for the sum over
+    the expected count. ``result`` adds the central noise, accounts the release and moves the
+    adaptive clip norm; it is called only for a round that is aggregated."""
+
+    def __init__(self, strategy: PrivateFedMeta, server_round: int, inner: Fold | None
+                 ) -> None:
+        self.s, self.round, self.inner = strategy, server_round, inner
+        self.clip_norm = strategy.clip_norm
+        self.sum = PoissonSum(strategy.trainer.params) if inner is None else None
+        self.metrics = MetricMean(NUM_EXAMPLES)
+        self.norms: list[float] = []
+        self.weights: list[float] = []
+        self.clipped = 0
+
+    def add(self, reply: Message) -> None:
+        p = self.s.privacy
+        update = to_params(reply.content[ARRAYS])
+        if p.clipping != "none" and p.noise != "local":  # the server clips
+            update, was_clipped = clip(update, self.clip_norm)
+            self.clipped += was_clipped
+            reply.content[ARRAYS] = to_record(update)
+        self.norms.append(l2_norm(update))
+        self.weights.append(float(reply.content[METRICS][NUM_EXAMPLES]))
+        if self.sum is not None:
+            self.sum.add(update)
+            self.metrics.add(reply.content[METRICS])
+        else:
+            self.inner.add(reply)
+
+    def result(self) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
+        s, p, server_round, clip_norm = self.s, self.s.privacy, self.round, self.clip_norm
+        s.norms[server_round], s.used_clip_norm[server_round] = self.norms, clip_norm
+        central = p.noise == "central"
+        left_out: list[Message] = []
+        if self.sum is not None:
+            expected = s.sample_rate * len(s.eligible.get(server_round, []))
+            if expected == 0:  # nobody could take part (a fleet with no device on)
+                return None, None, []
+            arrays = to_record(add_noise(self.sum.mean(expected),
+                                         s.noise_multiplier * clip_norm / expected,
+                                         noise_source(p, s.seed, server_round)))
+            metrics = self.metrics.result() if len(self.metrics) else None
+        else:
+            expected = float(len(self.weights))
+            arrays, metrics, left_out = self.inner.result()
+            if arrays is None:
+                return arrays, metrics, left_out
+            if central:
+                std = s.noise_multiplier * mean_sensitivity(clip_norm, self.weights)
+                arrays = to_record(add_noise(to_params(arrays), std,
+                                             noise_source(p, s.seed, server_round)))
+        s.releases += 1
+        if central:
+            s._record_central(server_round)
+        if s.adaptive:
+            s.adaptive.update(self.clipped, len(self.weights), float(noise_source(
+                p, s.seed, server_round, 1).normal((), torch.float64)), expected)
+        return arrays, metrics, left_out
 
 
 def make_strategy(cfg: Config, trainer: MetaTrainer,

@@ -1,6 +1,8 @@
 """The server's loop of rounds: Flower's ``Strategy.start`` loop, plus what reliability
 needs: start at a later round (resume), retry a round that got too few good replies, and
-call ``end_of_round`` after each round (where the server state is saved)."""
+call ``end_of_round`` after each round (where the server state is saved). A round's training
+replies reach the strategy one at a time as they arrive (``fedmeta.app.fold``), so it can fold
+them into the aggregate instead of holding them all."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
+from .fold import replies_as_they_come
 from .records import ATTEMPT
 
 if TYPE_CHECKING:
@@ -27,9 +30,9 @@ def run_rounds(strategy: FedMeta, grid: Grid, arrays: ArrayRecord, first_round: 
         attempt = 0
         while True:
             train_config[ATTEMPT] = attempt
-            replies = grid.send_and_receive(
-                strategy.configure_train(server_round, arrays, train_config, grid),
-                timeout=timeout)
+            replies = replies_as_they_come(
+                grid, strategy.configure_train(server_round, arrays, train_config, grid),
+                timeout)
             arrays, metrics = strategy.aggregate_train(server_round, replies)
             if strategy.status[server_round] != "retried":
                 break

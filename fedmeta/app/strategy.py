@@ -15,6 +15,10 @@ Reliability (``docs/reliability.md``): bad replies are rejected and counted by k
 with fewer than ``min_good_replies`` good ones is retried on a fresh sample or skipped;
 ``aggregation`` picks the (robust) rule; ``start`` can resume at a later round and calls
 ``end_of_round`` after each, where the server state is saved.
+
+Memory (``fedmeta.app.fold``): training replies are checked and folded into the aggregate as
+they arrive, in partition order, so the mean holds O(model); the robust rules keep the
+round's replies.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ..privacy import sampling
 from ..results import Row
 from .discovery import DiscoveryError, Found, ask_partitions, missing_message
 from .faults import fault_of
+from .fold import HELD_IN_MEMORY, Fold, KeepAll, Turns, WeightedMean
 from .outcome import DeviceReports
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
                       SCORES, array_bytes, to_params, to_record)
@@ -62,6 +67,7 @@ class FedMeta(FedAvg):
     """
 
     fleet: FleetRun | None = None
+    held_in_memory: int = HELD_IN_MEMORY  # replies waiting for their turn (fedmeta.app.fold)
     scheme: str = "fixed"  # how training devices are sampled (fedmeta.privacy.sampling)
 
     def __init__(self, fed: FederationConfig, trainer: MetaTrainer, seed: int,
@@ -157,21 +163,44 @@ class FedMeta(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid, faults = self._usable(server_round, replies, self._train_problem)
-        faults["timed_out"] = self._missing("train", server_round, replies)
+        """Check each reply as it comes (``replies`` may be ``fold.replies_as_they_come``),
+        fold the good ones in partition order into ``self.fold(server_round)`` and let them
+        go; then step the server optimizer, or retry or skip a round of too few."""
         attempt = self.attempt.get(server_round, 0)
-        byzantine = lambda m: fault_of(  # noqa: E731
-            self.faults, self.seed, server_round, self.partitions[m.metadata.src_node_id],
-            attempt, self.fed.num_train) == "byzantine"
-        faults["byzantine"] = sum(map(byzantine, valid))
-        bytes_up = sum(array_bytes(m.content) for m in replies if m.has_content())
-        episodes = sum(int(m.content[METRIC_RECORD][NUM_EXAMPLES]) for m in valid)
+        byzantine = lambda node: fault_of(  # noqa: E731
+            self.faults, self.seed, server_round, self.partitions[node], attempt,
+            self.fed.num_train) == "byzantine"
+        fold = self.fold(server_round)
+        turns = Turns((self.partitions[n] for n in self._asked.get(("train", server_round), [])
+                       if n in self.partitions), self.arrayrecord_key,
+                      math.inf if isinstance(fold, KeepAll) else self.held_in_memory)
+        heard, faults, bytes_up, episodes, good, received = set(), Counter(), 0, 0, 0, 0
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            heard.add(node)
+            received += 1
+            bytes_up += array_bytes(reply.content) if reply.has_content() else 0
+            kind = self._rejected(server_round, reply, self._train_problem)
+            if kind is None:
+                good += 1
+                episodes += int(reply.content[METRIC_RECORD][NUM_EXAMPLES])
+                faults["byzantine"] += byzantine(node)
+            else:
+                faults[kind] += 1
+            if node in self.partitions:
+                for ready in turns.arrived_from(self.partitions[node],
+                                                reply if kind is None else None):
+                    fold.add(ready)
+            del reply
+        for ready in turns.rest():
+            fold.add(ready)
+        faults["timed_out"] = self._missing("train", server_round, heard)
         arrays, metrics = None, None
-        if self.enough(valid):
-            arrays, metrics, left_out = self.aggregate_updates(server_round, valid)
+        if self.enough(good):
+            arrays, metrics, left_out = fold.result()
             faults["left_out"] = len(left_out)
-            faults["byzantine_left_out"] = sum(map(byzantine, left_out))
+            faults["byzantine_left_out"] = sum(byzantine(m.metadata.src_node_id)
+                                               for m in left_out)
         if arrays is not None:
             self.trainer.step(MetaUpdate(to_params(arrays), {}))
             status = "ok"
@@ -179,24 +208,25 @@ class FedMeta(FedAvg):
             retry = self.fed.short_round == "retry" and attempt < self.fed.max_retries
             status = "retried" if retry else "skipped"
             logger.warning("round %d: %d good replies of %d needed (federation."
-                           "min_good_replies): %s", server_round, len(valid),
+                           "min_good_replies): %s", server_round, good,
                            self.fed.min_good_replies, status)
         self.status[server_round] = status
         means = {k: float(v) for k, v in (metrics or {}).items()}
-        self.report(Row(server_round, "train", len(valid), len(replies) - len(valid),
-                        episodes, means, self._sent.pop(("train", server_round), 0), bytes_up,
-                        dict(faults), attempt, status))
+        self.report(Row(server_round, "train", good, received - good, episodes, means,
+                        self._sent.pop(("train", server_round), 0), bytes_up, dict(faults),
+                        attempt, status))
         return to_record(self.trainer.params), metrics
 
-    def enough(self, valid: list[Message]) -> bool:
-        """Whether a training attempt with these good replies is aggregated (or else
+    def enough(self, good: int) -> bool:
+        """Whether a training attempt with ``good`` good replies is aggregated (or else
         retried or skipped): ``federation.min_good_replies`` of them."""
-        return len(valid) >= self.fed.min_good_replies
+        return good >= self.fed.min_good_replies
 
-    def _missing(self, source: str, server_round: int, replies: list[Message]) -> int:
-        """How many of the devices asked did not reply before the round's timeout."""
+    def _missing(self, source: str, server_round: int, heard: set[int]) -> int:
+        """How many of the devices asked did not reply before the round's timeout
+        (``heard``: the nodes that replied)."""
         asked = self._asked.pop((source, server_round), [])
-        missing = set(asked) - {m.metadata.src_node_id for m in replies}
+        missing = set(asked) - heard
         devices = sorted(self.partitions.get(n, -1) for n in missing)
         self.device_reports.add("timed_out", f"round {server_round} ({source})",
                                 f"devices {devices} did not reply within "
@@ -204,15 +234,26 @@ class FedMeta(FedAvg):
                                 len(missing))
         return len(missing)
 
+    def fold(self, server_round: int) -> Fold:
+        """How the round's good replies are aggregated, one at a time in partition order
+        (``fedmeta.app.fold``): the episode-weighted mean in O(model) for
+        ``federation.aggregation = "mean"``; the robust rules keep every reply;
+        ``privacy_wrap.PrivateFedMeta`` clips and noises here."""
+        if self.fed.aggregation == "mean":
+            return WeightedMean(self.arrayrecord_key, self.weighted_by_key)
+        return KeepAll(lambda replies: robust_aggregate(
+            self.fed, server_round, replies, weighted_by_key=self.weighted_by_key,
+            arrayrecord_key=self.arrayrecord_key, configrecord_key=self.configrecord_key))
+
     def aggregate_updates(self, server_round: int, replies: list[Message]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
-        """The mean pseudo-gradient of good replies by ``federation.aggregation`` (weighted
-        by episodes where the rule weighs), its metrics and the replies the rule left out;
-        ``privacy_wrap.PrivateFedMeta`` clips and noises here."""
-        return robust_aggregate(self.fed, server_round, replies,
-                                weighted_by_key=self.weighted_by_key,
-                                arrayrecord_key=self.arrayrecord_key,
-                                configrecord_key=self.configrecord_key)
+        """The aggregate of good ``replies`` (in their order) by ``self.fold``: the mean
+        pseudo-gradient (weighted by episodes where the rule weighs), its metrics and the
+        replies the rule left out."""
+        fold = self.fold(server_round)
+        for reply in replies:
+            fold.add(reply)
+        return fold.result()
 
     def _train_problem(self, content: RecordDict) -> str | None:
         if len(content.array_records) != 1 or ARRAYS not in content.array_records:
@@ -257,7 +298,8 @@ class FedMeta(FedAvg):
         if not self.evaluates(server_round, self._num_rounds):
             return None
         valid, faults = self._usable(server_round, replies, _eval_problem)
-        faults["timed_out"] = self._missing("eval", server_round, replies)
+        faults["timed_out"] = self._missing("eval", server_round,
+                                            {m.metadata.src_node_id for m in replies})
         scores = {m: np.concatenate([r.content[SCORES][m].numpy() for r in valid])
                   for m in METRICS} if valid else {}
         summary = summarize(scores) if valid else {}
@@ -272,30 +314,38 @@ class FedMeta(FedAvg):
     def _usable(self, server_round: int, replies: list[Message],
                 problem_of: Callable[[RecordDict], str | None]
                 ) -> tuple[list[Message], Counter]:
-        """Replies without error or malformed content, ordered by partition, and the count
-        of the others by kind (``crashed``, ``non_finite``, ``malformed``); those are
-        dropped with a warning naming the device and the problem."""
+        """Replies without error or malformed content (``_rejected``), ordered by partition,
+        and the count of the others by kind."""
         usable, faults = [], Counter()
         for reply in replies:
-            node = reply.metadata.src_node_id
-            kind = "malformed"
-            if node not in self.partitions:
-                problem = "it is not a known device"
-            elif reply.has_error():
-                problem, kind = f"error {reply.error.code}: {reply.error.reason}", "crashed"
-            else:
-                problem = problem_of(reply.content)
-                if problem and problem.endswith(NOT_FINITE):
-                    kind = "non_finite"
-            if problem:
-                faults[kind] += 1
-                self.device_reports.add(kind, f"round {server_round}, device "
-                                              f"{self.partitions.get(node, '?')}", problem)
-                logger.warning("round %d: dropped the reply of device %s (node %d): %s",
-                               server_round, self.partitions.get(node, "?"), node, problem)
-            else:
+            kind = self._rejected(server_round, reply, problem_of)
+            if kind is None:
                 usable.append(reply)
+            else:
+                faults[kind] += 1
         return sorted(usable, key=lambda r: self.partitions[r.metadata.src_node_id]), faults
+
+    def _rejected(self, server_round: int, reply: Message,
+                  problem_of: Callable[[RecordDict], str | None]) -> str | None:
+        """``None`` for a usable reply, else its kind (``crashed``, ``non_finite``,
+        ``malformed``), dropped with a warning naming the device and the problem."""
+        node = reply.metadata.src_node_id
+        kind = "malformed"
+        if node not in self.partitions:
+            problem = "it is not a known device"
+        elif reply.has_error():
+            problem, kind = f"error {reply.error.code}: {reply.error.reason}", "crashed"
+        else:
+            problem = problem_of(reply.content)
+            if problem and problem.endswith(NOT_FINITE):
+                kind = "non_finite"
+        if not problem:
+            return None
+        self.device_reports.add(kind, f"round {server_round}, device "
+                                      f"{self.partitions.get(node, '?')}", problem)
+        logger.warning("round %d: dropped the reply of device %s (node %d): %s",
+                       server_round, self.partitions.get(node, "?"), node, problem)
+        return kind
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,

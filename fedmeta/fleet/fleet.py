@@ -5,11 +5,14 @@ each device's FLOP/s and link rates multiplied by its own log-normal factors
 ``exp(spread * z)``, ``z ~ N(0, 1)`` (median 1; ``spread=0``: all alike). ``availability``
 overrides the profile's: a probability, or the path of a trace file (``availability.py``).
 Tier sizes are the shares rounded by largest remainder; which device gets which tier is a
-seeded permutation, so the tiers are spread over partitions.
+seeded permutation, so the tiers are spread over partitions. Measured FedScale traces
+(``traces.py``, ``with_traces``) then replace what they measure: compute and link rates, and
+availability on the simulated clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +21,7 @@ import numpy as np
 from ..errors import ConfigError
 from .availability import load_trace
 from .profiles import DeviceProfile
+from .traces import Behaviour, Capacity, trace_clients
 
 FLEET_STREAM, AVAILABILITY_STREAM = 0xF1EE7, 0xA7A11
 
@@ -100,6 +104,7 @@ class Fleet:
     uplink_mbps: np.ndarray
     downlink_mbps: np.ndarray
     seed: int
+    behaviour: Behaviour | None = None  # availability windows on the simulated clock
 
     @classmethod
     def sample(cls, tiers: list[Tier], num_devices: int, seed: int) -> Fleet:
@@ -118,6 +123,20 @@ class Fleet:
     def __len__(self) -> int:
         return len(self.tier)
 
+    def with_traces(self, capacity: Capacity | None, behaviour: Behaviour | None,
+                    forward_flops: float) -> Fleet:
+        """This fleet with device ``d`` taking the ``d mod n``-th client of FedScale traces
+        (``traces.py``): from ``capacity``, FLOP/s ``forward_flops / latency`` (one forward
+        pass of one example of the run's model takes the measured latency) and both link
+        rates the measured bandwidth; from ``behaviour``, its availability windows."""
+        changes: dict[str, object] = {"behaviour": behaviour}
+        if capacity is not None:
+            client = trace_clients(len(self), len(capacity))
+            mbps = capacity.communication_kbps[client] / 1000.0
+            changes.update(flops=forward_flops / (capacity.computation_ms[client] / 1000.0),
+                           uplink_mbps=mbps, downlink_mbps=mbps.copy())
+        return dataclasses.replace(self, **changes)
+
     def profile(self, device: int) -> DeviceProfile:
         """Device ``device``'s own profile (its tier's, with its spread applied)."""
         base = self.tiers[self.tier[device]].profile
@@ -131,9 +150,16 @@ class Fleet:
         return np.array([t.profile.availability if t.availability is None else t.availability
                          for t in self.tiers])[self.tier]
 
-    def available(self, server_round: int) -> np.ndarray:
-        """Which devices are on in ``server_round`` (1-based): a seeded draw per device
-        against its probability, or its trace line (devices of a tier take lines in turn)."""
+    def available(self, server_round: int, time_s: float | None = None) -> np.ndarray:
+        """Which devices are on in ``server_round`` (1-based), starting at simulated second
+        ``time_s``: with a behaviour trace, whether ``time_s`` falls in one of the device's
+        windows (``time_s`` is then required); else a seeded draw per device against its
+        probability, or its trace line (devices of a tier take lines in turn)."""
+        if self.behaviour is not None:
+            if time_s is None:
+                raise ValueError("a fleet with a behaviour trace is on or off by the "
+                                 "simulated clock: give time_s")
+            return self.behaviour.on(trace_clients(len(self), len(self.behaviour)), time_s)
         draw = np.random.default_rng([self.seed, server_round, AVAILABILITY_STREAM])
         on = draw.random(len(self)) < self.availability_probability
         for index, t in enumerate(self.tiers):

@@ -30,6 +30,7 @@ from .cost import ModelCost
 from .fleet import Fleet, parse_tiers
 from .plan import LocalPlan, Work, comm_seconds, local_plan
 from .profiles import PROFILES, load_profiles
+from .traces import load_behaviour, load_capacity
 
 SAMPLING_STREAM = 0x5A3F1E  # rng stream of sampling among available devices
 
@@ -47,6 +48,15 @@ def check(cfg: Any) -> None:
         profiles = load_profiles(cfg.fleet.profiles_file) if cfg.fleet.profiles_file \
             else PROFILES
         parse_tiers(cfg.fleet.tiers, profiles, cfg.federation.rounds)
+        measured(cfg)
+
+
+def measured(cfg: Any) -> tuple[Any, Any]:
+    """The FedScale capacity and behaviour traces ``cfg.fleet`` names (``None`` where it
+    names none), read once per process."""
+    f = cfg.fleet
+    return (load_capacity(f.trace_capacity) if f.trace_capacity else None,
+            load_behaviour(f.trace_behaviour) if f.trace_behaviour else None)
 
 
 @dataclass
@@ -76,6 +86,7 @@ class FleetRun:
                     adapt_steps(algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
         cost = ModelCost.of_episode(learner, episode) if learner.few_shot_only \
             else ModelCost.of(learner.model, tuple(episode.support_x.shape[1:]))
+        fleet = fleet.with_traces(*measured(cfg), cost.forward)
         return cls(cfg, fleet, cost, work, [v.numel() for v in learner.init_params().values()])
 
     # -- bytes and plans --------------------------------------------------------------------
@@ -118,8 +129,8 @@ class FleetRun:
         for each retry ``attempt``) from the available ones (kept in
         ``available_devices``), minus those the policy drops. Records the round
         (``columns``) and adds its time to the clock; call once per round and attempt, in
-        order."""
-        on = self.fleet.available(server_round)
+        order. Under a behaviour trace, who is on is read at the clock's current time."""
+        on = self.fleet.available(server_round, self.elapsed_s)
         available = [d for d in sorted(candidates) if on[d]]
         self.available_devices[server_round] = available
         rng = np.random.default_rng([self.cfg.train.seed, server_round, SAMPLING_STREAM]

@@ -92,15 +92,31 @@ def mean_sensitivity(clip_norm: float, weights: list[float]) -> float:
     return clip_norm * max(weights) / sum(weights)
 
 
+class PoissonSum:
+    """``poisson_mean`` one update at a time: a float64 sum shaped as ``like``, O(model)."""
+
+    def __init__(self, like: Params) -> None:
+        self.like = like
+        self.total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in like.items()}
+
+    def add(self, update: Params) -> None:
+        """Add one device's (clipped) update."""
+        for k, v in update.items():
+            self.total[k] += v.double()
+
+    def mean(self, expected: float) -> Params:
+        """The sum so far over ``expected``, in ``like``'s dtypes."""
+        return {k: (v / expected).to(self.like[k].dtype) for k, v in self.total.items()}
+
+
 def poisson_mean(updates: list[Params], expected: float, like: Params) -> Params:
     """The sum of ``updates`` over the expected count ``expected`` (zeros shaped as ``like``
     when no device took part): the Poisson scheme's unbiased mean, sensitivity ``C /
     expected``."""
-    total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in like.items()}
+    total = PoissonSum(like)
     for update in updates:
-        for k, v in update.items():
-            total[k] += v.double()
-    return {k: (v / expected).to(like[k].dtype) for k, v in total.items()}
+        total.add(update)
+    return total.mean(expected)
 
 
 def add_noise(update: Params, std: float, source: NoiseSource) -> Params:
