@@ -86,7 +86,9 @@ class FleetRun:
                     adapt_steps(algorithm, cfg.meta.inner_steps, cfg.meta.eval_steps, False))
         cost = ModelCost.of_episode(learner, episode) if learner.few_shot_only \
             else ModelCost.of(learner.model, tuple(episode.support_x.shape[1:]))
-        fleet = fleet.with_traces(*measured(cfg), cost.forward)
+        images = int(episode.support_x.shape[0]) + int(episode.query_x.shape[0])
+        per_example = cost.forward / images if cost.per_episode else cost.forward
+        fleet = fleet.with_traces(*measured(cfg), per_example)  # traces: ms per sample
         return cls(cfg, fleet, cost, work, [v.numel() for v in learner.init_params().values()])
 
     # -- bytes and plans --------------------------------------------------------------------
