@@ -29,7 +29,6 @@ strings (and NumPy scalars), never arbitrary objects: a pickle can otherwise run
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,26 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import safe_pickle
 from ..errors import ConfigError
-
-SAFE_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "dtype")}
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Refuses every global but NumPy's scalar reconstruction."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"the trace holds a {module}.{name} object; a trace is "
-                                     f"a dict of numbers and lists")
-
 
 def _load(path: str, field: str) -> dict:
     try:
         with Path(path).open("rb") as handle:
-            data = _PlainUnpickler(handle).load()
+            data = safe_pickle.load(handle, safe_pickle.NUMPY_SCALARS)
     except OSError as exc:
         raise ConfigError(field, path, f"a readable trace file ({exc.strerror or exc})") \
             from None

@@ -24,7 +24,6 @@ import csv
 import hashlib
 import io
 import os
-import pickle
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .. import safe_pickle
 from ..errors import ConfigError, DataError
 from .benchmark_splits import CIFAR_FS, FC100, MINIIMAGENET, SPLITS
 from .images import to_rgb
@@ -51,13 +51,6 @@ MINI_SOURCES = ("the split CSVs of Ravi & Larochelle (github.com/twitter/meta-le
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR_SOURCE = f"CIFAR-100's python version, {CIFAR_URL} ('fedmeta data download --dataset " \
                f"cifar-100'), unpacked"
-_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"),
-                   ("numpy._core.multiarray", "_reconstruct"),
-                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                   ("numpy", "ndarray"), ("numpy", "dtype"),
-                   ("_codecs", "encode")}  # protocol-2 bytes written by Python 3
-
-
 @dataclass(frozen=True)
 class BenchmarkSplit:
     """One split of a benchmark: ``labels`` index ``class_names`` (sorted)."""
@@ -73,21 +66,11 @@ class BenchmarkSplit:
         return len(self.labels)
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler of builtins and numpy arrays only."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in _PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which is neither a "
-                                     f"numpy array nor a builtin")
-
-
 def _unpickle(path: Path, what: str) -> object:
     """The object pickled in ``path`` (``what`` says what it should hold)."""
     try:
         with path.open("rb") as f:
-            return _ArrayUnpickler(f, encoding="latin1").load()
+            return safe_pickle.load(f, safe_pickle.NUMPY_ARRAYS, encoding="latin1")
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     except Exception as exc:  # any unpickling failure: the file is not what it should be
