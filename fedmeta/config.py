@@ -647,7 +647,7 @@ def _check_few_shot(cfg: Config) -> None:
     """Metric and model-based learners (``few_shot_only``) need N-way K-shot classification
     episodes, whose support set holds every class: Omniglot or ``hf`` few-shot."""
     t = cfg.task
-    if t.kind == "omniglot" or (t.kind == "hf" and t.protocol == "few-shot"):
+    if t.kind in ("omniglot", "fewshot") or (t.kind == "hf" and t.protocol == "few-shot"):
         return
     task = f"task.kind={t.kind!r}" + (f", task.protocol={t.protocol!r}"
                                       if t.kind in ("hf", "hf-text") else "")
@@ -661,8 +661,8 @@ def _check_few_shot(cfg: Config) -> None:
                             if not ALGORITHMS[lr].few_shot_only)
             raise ConfigError(name, algorithm,
                               f"one of {usable} for {task} ({learner} classifies N-way "
-                              f"K-shot episodes: task.kind=\"omniglot\" or \"hf\" with "
-                              f"task.protocol=\"few-shot\")")
+                              f"K-shot episodes: task.kind=\"omniglot\", \"fewshot\", or \"hf\" "
+                              f"with task.protocol=\"few-shot\")")
 
 
 def _check_reliability(f: FederationConfig, faults: FaultsConfig) -> None:

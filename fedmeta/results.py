@@ -80,7 +80,8 @@ def table(rows: list[Row]) -> pd.DataFrame:
     frame.insert(frame.columns.get_loc("bytes_up") + 1, "bytes_total",
                  (frame["bytes_down"] + frame["bytes_up"]).cumsum())
     regression = frame["post_acc"].isna().all()  # metric learners: pre_acc alone is NaN
-    return frame[[c for c in (*COLUMNS, *extra) if not (regression and "acc" in c)]]
+    accuracy = {f"{s}_acc{ci}" for s in ("pre", "post") for ci in ("", "_ci95")}
+    return frame[[c for c in (*COLUMNS, *extra) if not (regression and c in accuracy)]]
 
 
 def is_regression(frame: pd.DataFrame) -> bool:

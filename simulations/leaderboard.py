@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -285,7 +286,8 @@ def run_all(jobs: list[Job], out: Path, workers: int, run: bool = True
     if not todo or not run:
         return records
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    spawn = multiprocessing.get_context("spawn")  # not fork: the parent may hold torch/Ray
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         futures = {pool.submit(run_job, job, out / "jobs" / job.key): job for job in todo}
         for done, fut in enumerate(as_completed(futures), 1):
             job = futures[fut]

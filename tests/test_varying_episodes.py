@@ -98,7 +98,7 @@ def learner_for(name: str, batched: bool = False):
     return build_learner(name, model, inner_lr=0.1, inner_steps=2, batched=batched)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(set(ALGORITHMS) - {"snail"}))  # SNAIL: one way only
 def test_every_learner_on_mixed_shapes_equals_the_per_episode_mean(name: str) -> None:
     episodes = mixed_batch()
     groups = shape_groups(episodes)
