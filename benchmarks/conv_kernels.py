@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from timing import median_ms  # noqa: E402  (benchmarks/timing.py)
 
 BLOCKS = [(1, 64, 28), (64, 64, 14), (64, 64, 7), (64, 64, 3)]  # (in, out, side)
 
@@ -63,14 +61,6 @@ def shift9(xc: Tensor, w: Tensor) -> Tensor:
     return out.view(t, -1, n, rows, cols)[..., 1:-1, 1:-1]
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:

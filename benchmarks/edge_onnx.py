@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +39,12 @@ from fedmeta.meta.base import task_accuracy, task_loss
 from fedmeta.meta.evaluation import mean_ci95
 from fedmeta.models import build_model
 from fedmeta.tasks.factory import build_tasks
+from timing import median_ms  # benchmarks/timing.py
 from host import cpu_name  # benchmarks/host.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def score(output: torch.Tensor, target: torch.Tensor, regression: bool) -> float:

@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from leaderboard_report import write_report  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from host import cpu_name  # noqa: E402  (benchmarks/host.py)
+from leaderboard_report import TARGETS, write_report  # noqa: E402
 
 TEST = "Greek,Korean"
 VALIDATION = "Latin"
-TARGETS = {5: 0.80, 20: 0.50}  # validation accuracy for the cost-to-target columns
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def run_job(job: Job, folder: Path) -> dict[str, Any]:
                                 {"inner_lr": job.inner_lr, "inner_steps": 1,
                                  "eval_steps": 5}, params, tasks.info)
     record["train_wall_s"] = round(time.perf_counter() - start, 1)
-    record["scores"] = score(learner, params, tasks, job, steps)
+    record["scores"] = score(learner, params, tasks, held_out.task, job, steps)
     record["wall_s"] = round(time.perf_counter() - start, 1)
     if job.row.kind != "init":
         checkpoint.save(folder / "checkpoint.pt")
@@ -236,9 +237,11 @@ def run_job(job: Job, folder: Path) -> dict[str, Any]:
     return record
 
 
-def score(learner: Any, params: dict, tasks: Any, job: Job, steps: int) -> dict[str, Any]:
-    """Per-episode post-adaptation accuracy on the held-out alphabets (same episodes for
-    every row: seeds fixed here), and Lake's within-alphabet runs for 20-way models."""
+def score(learner: Any, params: dict, tasks: Any, task: Any, job: Job, steps: int
+          ) -> dict[str, Any]:
+    """Per-episode post-adaptation accuracy on the held-out alphabets of ``task`` (same
+    episodes for every row: seeds fixed here), and Lake's within-alphabet runs for 20-way
+    models."""
     from fedmeta.meta.evaluation import evaluate_source
     from fedmeta.tasks.factory import omniglot_split
     from fedmeta.tasks.within_alphabet import WithinAlphabetSource
@@ -250,12 +253,7 @@ def score(learner: Any, params: dict, tasks: Any, job: Job, steps: int) -> dict[
                              seed=10_000 + job.row.ways, steps=steps)
     out["standard"] = {m: scores[m].round(5).tolist() for m in ("pre_acc", "post_acc")}
     if job.row.ways == 20:
-        from fedmeta import config as cfgmod
-
-        held = cfgmod.from_dict(central_config(
-            job, VALIDATION if job.stage == "sweep" else TEST,
-            TEST if job.stage == "sweep" else VALIDATION))
-        data = omniglot_split(held.task, job.seed)[1]
+        data = omniglot_split(task, job.seed)[1]
         lake = evaluate_source(learner, params, WithinAlphabetSource(data, 20),
                                episodes=b.lake_runs, batch_size=20, seed=20_000, steps=steps)
         out["lake"] = {"post_acc": lake["post_acc"].round(5).tolist()}
@@ -324,10 +322,8 @@ def protocol(budget: Budget, quick: bool) -> dict[str, Any]:
 
 
 def host() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+    return {"cpu": cpu_name(), "cores": str(os.cpu_count()),
+            "python": platform.python_version()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
