@@ -57,9 +57,10 @@ class Budget:
     test_episodes_5: int = 200  # per seed: 600 over three seeds
     test_episodes_20: int = 100
     lake_runs: int = 100
-    sweep_episodes: int = 600  # central first-order MAML, 5-way, per sweep point
-    server_lr: float = 0.01  # federated server Adam step (fedmeta's default, not swept)
+    sweep_episodes: int = 600  # per sweep point (5-way, seed 0, validation alphabet)
     sweep_grid: tuple[float, ...] = (0.1, 0.4)  # inner steps tried (0.4: MAML's Omniglot)
+    # federated server Adam steps tried, at the chosen inner step (0.01: fedmeta's default)
+    server_grid: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01)
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def episodes(self, ways: int) -> int:
@@ -68,7 +69,7 @@ class Budget:
 
 QUICK = Budget(episodes_5=320, episodes_20=160, eval_every=8, val_episodes=20,
                test_episodes_5=150, test_episodes_20=100, lake_runs=60, sweep_episodes=80,
-               sweep_grid=(0.4,), seeds=(0,))
+               sweep_grid=(0.4,), server_grid=(0.01,), seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,10 @@ class Job:
     def key(self) -> str:
         r = self.row
         base = f"{r.kind}-{r.algorithm}-{r.partition or 'none'}-{r.ways}way-seed{self.seed}"
-        return base if self.stage == "final" else \
-            f"sweep-{base}-inner{self.inner_lr:g}-server{self.server_lr:g}"
+        if self.stage == "final":
+            return base
+        server = f"-server{self.server_lr:g}" if r.kind == "federated" else ""
+        return f"sweep-{base}-inner{self.inner_lr:g}{server}"
 
 
 def task_overrides(job: Job, ways: int, held_out: str, excluded: str) -> dict[str, Any]:
@@ -160,10 +163,11 @@ def federated_config(job: Job) -> dict[str, Any]:
     per_round = b.devices_per_round * b.episodes_per_device
     task = task_overrides(job, r.ways, VALIDATION, TEST)
     task.update(augment=True, partition=partition)
+    episodes = b.sweep_episodes if job.stage == "sweep" else b.episodes(r.ways)
     return {"task": task,
             "meta": {"inner_lr": job.inner_lr, "inner_steps": 1, "eval_steps": 5},
             "federation": {"algorithm": r.algorithm, "num_devices": devices + held,
-                           "num_held_out": held, "rounds": b.episodes(r.ways) // per_round,
+                           "num_held_out": held, "rounds": episodes // per_round,
                            "fraction_train": 0.0, "min_train_devices": b.devices_per_round,
                            "meta_batch": b.episodes_per_device, "eval_every": b.eval_every,
                            "eval_episodes": b.val_episodes,
@@ -303,16 +307,25 @@ def sweep_jobs(budget: Budget, data_dir: str) -> list[Job]:
     if len(budget.sweep_grid) == 1:
         return []
     row = Row("central first-order MAML", "central", "fomaml", 5)
-    return [Job(row, 0, inner, budget.server_lr, budget, data_dir, "sweep")
-            for inner in budget.sweep_grid]
+    return [Job(row, 0, inner, 0.0, budget, data_dir, "sweep") for inner in budget.sweep_grid]
 
 
-def best_inner_lr(budget: Budget, records: list[dict]) -> float:
-    """The inner step of the sweep run with the best validation accuracy."""
-    sweeps = [r for r in records if r["stage"] == "sweep"]
-    if not sweeps:
-        return budget.sweep_grid[0]
-    return max(sweeps, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))["inner_lr"]
+def server_sweep_jobs(budget: Budget, data_dir: str, inner_lr: float) -> list[Job]:
+    """The sweep of the federated server Adam step at the chosen inner step: fedmeta-fomaml
+    on four drawers per device, 5-way, scored on the validation alphabet (none when the grid
+    has one point)."""
+    if len(budget.server_grid) == 1:
+        return []
+    row = Row("fedmeta-fomaml (drawer4)", "federated", "fedmeta-fomaml", 5, "drawer4")
+    return [Job(row, 0, inner_lr, server, budget, data_dir, "sweep")
+            for server in budget.server_grid]
+
+
+def best(records: list[dict], field: str, default: float) -> float:
+    """``field`` of the sweep run with the best validation accuracy (``default``: none ran)."""
+    if not records:
+        return default
+    return max(records, key=lambda r: np.mean(r["scores"]["standard"]["post_acc"]))[field]
 
 
 def protocol(budget: Budget, quick: bool) -> dict[str, Any]:
@@ -368,10 +381,13 @@ def main(argv: list[str] | None = None) -> None:
     record_path.write_text(json.dumps(declared, indent=1))
     start = time.perf_counter()
     run = not args.report_only
-    inner_lr = best_inner_lr(budget, sweep_records := run_all(
-        sweep_jobs(budget, args.data_dir), args.out, args.workers, run))
+    inner_sweep = run_all(sweep_jobs(budget, args.data_dir), args.out, args.workers, run)
+    inner_lr = best(inner_sweep, "inner_lr", budget.sweep_grid[0])
     print(f"sweep: inner step {inner_lr} (validation: {VALIDATION})", flush=True)
-    server_lr = budget.server_lr
+    server_sweep = run_all(server_sweep_jobs(budget, args.data_dir, inner_lr), args.out,
+                           args.workers, run)
+    server_lr = best(server_sweep, "server_lr", budget.server_grid[0])
+    print(f"sweep: server Adam step {server_lr} (validation: {VALIDATION})", flush=True)
     # headline rows at every seed (federated first: they take longest), then the others
     rows_ = rows(args.quick)
     headline = sorted((r for r in rows_ if r.headline), key=lambda r: r.kind != "federated")
@@ -386,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
                        for seed, row in order], args.out, args.workers, run)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
     command = "python simulations/leaderboard.py " + " ".join(given)
-    write_report(args.out, records, sweep_records, declared, {
+    write_report(args.out, records, inner_sweep + server_sweep, declared, {
         "command": command, "wall_s_this_invocation": round(time.perf_counter() - start),
         "host": host(), "inner_lr": inner_lr, "server_lr": server_lr,
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -205,9 +205,11 @@ def plot_bars(entries: list[dict], path: Path) -> None:
 def write_report(out: Path, records: list[dict], sweep: list[dict], protocol: dict,
                  run: dict, order: list[Any], readme: Path | None) -> None:
     entries = aggregate(records, order)
-    sweep_lines = [f"| {r['inner_lr']} | {r['server_lr']} | "
+    sweep_lines = [f"| {r['row']['name'] if r['row']['kind'] == 'federated' else 'central first-order MAML'}"
+                   f" | {r['inner_lr']} | "
+                   f"{r['server_lr'] if r['row']['kind'] == 'federated' else '-'} | "
                    f"{100 * np.mean(r['scores']['standard']['post_acc']):.1f} |"
-                   for r in sorted(sweep, key=lambda r: (r["inner_lr"], r["server_lr"]))]
+                   for r in sweep]
     b = protocol["budget"]
     per_round = b["devices_per_round"] * b["episodes_per_device"]
     header = PROTOCOL_TEXT.format(test=protocol["test_alphabets"],
@@ -225,9 +227,10 @@ def write_report(out: Path, records: list[dict], sweep: list[dict], protocol: di
             f"{run['server_lr']}.", "", body, "## Goals (issue #23)", "", *goals(entries), "",
             NOTES, ""]
     if sweep_lines:
-        text += ["## Sweep (validation alphabet only, seed 0, central first-order MAML, "
-                 f"5-way, {b['sweep_episodes']} episodes)", "",
-                 "| inner step | server step | validation acc % |", "|---|---|---|",
+        text += [f"## Sweep (validation alphabet only, seed 0, 5-way, {b['sweep_episodes']} "
+                 "episodes per point; the server step at the inner step chosen first)", "",
+                 "| run | inner step | server Adam step | validation acc % |",
+                 "|---|---|---|---|",
                  *sweep_lines, ""]
     (out / "leaderboard.md").write_text("\n".join(text))
     (out / "leaderboard.json").write_text(json.dumps(
@@ -256,11 +259,13 @@ Protocol (declared before the runs). Data: the reduced Omniglot background sets
 model on the same episodes for every row ({test_episodes_5} 5-way and {test_episodes_20}
 20-way 1-shot episodes, 5 adaptation steps of the chosen inner step; no rotations, real
 images only). Validation alphabet: {val}, used for the sweep and the federated runs' curves only.
-Sweep: the inner step among {sweep_grid} (central first-order MAML, 5-way,
-{sweep_episodes} episodes, seed 0, scored on the validation alphabet); not swept for lack
-of compute: the federated server Adam step ({server_lr}, fedmeta's default), 1 inner step in
-training, 1 local step per round, a device meta-batch of {episodes_per_device}, central
-Adam 0.001. Training alphabets: the other five, with 90-degree rotations
+Sweep (seed 0, 5-way, {sweep_episodes} episodes per point, scored on the validation alphabet):
+first the inner step among {sweep_grid} (central first-order MAML), then, at that inner
+step, the federated server Adam step among {server_grid} (fedmeta-fomaml, four drawers per
+device; 0.01 is fedmeta's default); every federated row uses the chosen server step. Not swept
+for lack of compute: 1 inner step in training, 1 local step per round, a device meta-batch
+of {episodes_per_device}, central Adam 0.001, and FedAvg's own steps (5 local SGD steps of
+0.01, server step 1). Training alphabets: the other five, with 90-degree rotations
 as extra classes. Budget (the stopping rule): a fixed number of training episodes per
 setting, equal for every row: {episodes_5} 5-way episodes (central: {it5} meta-updates of
 {central_meta_batch}; federated: {rounds5} rounds x {devices_per_round} devices x
@@ -285,7 +290,7 @@ episodes: every row here stops at a fixed budget sized to this shared 2-core hos
 episodes; the README's central ANIL run reached 92.6% 5-way after 4,800 episodes, and the
 federated curves are still rising at the end; (2) training data: 5 alphabets (152
 characters) instead of the 30 of the full background set (`fedmeta data download`); (3) the
-sweep: only the inner step was tuned (the server step, local steps and meta-batch are
+sweep: only the inner and server steps were tuned (local steps and meta-batch are
 defaults); (4) one drawer per device trains on distortions of one image per character
 (its queries are synthetic), so it trails the partitions with real drawer variation by
 design. Rows with fewer than 3 seeds have no interval: their other seeds did not finish in
