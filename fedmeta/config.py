@@ -127,8 +127,8 @@ class FederationConfig:
     ``None`` (``"auto"`` in TOML) takes the algorithm's default (``fedmeta.federated``).
     The learner comes from ``algorithm``; ``meta.algorithm`` is central training's.
     ``publish_dir``: if set, the server publishes the meta-model there (checkpoint and ONNX
-    export, ``fedmeta.edge.versions``) at round 0 and after every evaluated round, for edge
-    front-ends to pick up (docs/deployment.md); empty: nothing is published.
+    export, ``fedmeta.edge.versions``) after every round it evaluates (round 0 included),
+    for edge front-ends to pick up (docs/deployment.md); empty: nothing is published.
     """
 
     algorithm: str = "fedmeta-maml"

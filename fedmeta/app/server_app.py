@@ -73,7 +73,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     ``partitions`` (node id -> partition id), if already discovered, are not asked again;
     ``reports`` collects the devices' rejected and missing replies (``outcome``). With
     ``federation.publish_dir``, the meta-model is published there (``fedmeta.edge.versions``)
-    before round 1 and after every evaluated round, as version ``round``.
+    after every evaluated round (round 0 included), as version ``round``.
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
@@ -132,8 +132,6 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     strategy.partitions = dict(partitions or {})
     if reports is not None:
         strategy.device_reports = reports
-    if resume is None:
-        publish(0)
     strategy.start(
         grid, to_record(trainer.params), num_rounds=fed.rounds, timeout=fed.round_timeout,
         train_config=round_config,
