@@ -133,7 +133,7 @@ def damage(kind: str, version_folder: Path) -> str:
     if kind == "no-manifest":  # the manifest not yet there
         (version_folder / versions.MANIFEST).unlink()
         return "cannot read version 3"
-    if kind == "corrupt":  # garbage that the manifest vouches for: a broken publisher
+    if kind == "altered":  # garbage in a graph, its manifest changed to vouch for it
         (version_folder / "body.onnx").write_bytes(b"not an onnx graph")
         manifest = json.loads((version_folder / versions.MANIFEST).read_text())
         manifest["files"]["body.onnx"] = versions.sha256(version_folder / "body.onnx")
@@ -142,7 +142,7 @@ def damage(kind: str, version_folder: Path) -> str:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "missing", "no-manifest", "corrupt"])
+@pytest.mark.parametrize("kind", ["truncated", "missing", "no-manifest", "altered"])
 def test_a_damaged_version_is_refused_and_the_old_one_keeps_serving(published, tmp_path,
                                                                     kind) -> None:
     folder, cks = published
@@ -173,13 +173,31 @@ def test_a_corrupt_file_that_its_manifest_vouches_for_is_a_clear_load_error(
     front = EdgeFrontend(models)
     try:
         front.refresh()
-        damage("corrupt", models / "v000003")
+        damage("altered", models / "v000003")  # and a pointer that vouches for it too
         pointer = json.loads((folder / versions.LATEST).read_text())
         pointer["manifest_sha256"] = versions.sha256(models / "v000003" / versions.MANIFEST)
         (models / versions.LATEST).write_text(json.dumps(pointer))
         with pytest.raises(DataError, match=r"v000003: version 3 cannot be loaded \("):
             front.refresh()
         assert front.predict(np.zeros((2, 1)))[0] == 0
+    finally:
+        front.close()
+
+
+def test_a_version_that_latest_json_does_not_name_yet_is_not_loaded(published,
+                                                                     tmp_path) -> None:
+    """A publisher interrupted before its rename (a hidden temporary folder with part of
+    a version), or after it but before ``latest.json``: the served version stays."""
+    folder, _ = published
+    models = copy_with_latest(folder, tmp_path / "models", 0)
+    hidden = models / ".v000004.x1y2"
+    hidden.mkdir()
+    (hidden / "body.onnx").write_bytes(b"half")
+    shutil.copytree(folder / "v000003", models / "v000005")
+    front = EdgeFrontend(models)
+    try:
+        assert front.refresh() and not front.refresh()
+        assert front.version == 0 and front.status()["swaps"][-1]["version"] == 0
     finally:
         front.close()
 
@@ -216,6 +234,19 @@ def test_bad_inputs_and_labels_are_clear_errors(published, tmp_path) -> None:
         assert front.status()["examples"] == 0
     finally:
         front.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--poll", "0"], "--poll=0.0 is not allowed: expected seconds in [0.01, 3600]"),
+    (["--port", "70000"], "--port=70000 is not allowed"),
+    (["--max-examples", "0"], "--max-examples=0 is not allowed: expected a positive integer"),
+])
+def test_fedmeta_edge_serve_refuses_bad_options(tmp_path, capsys, args, message) -> None:
+    from fedmeta.cli import main
+
+    assert main(["edge", "serve", "--models", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedmeta edge: error: {message}") and err.count("\n") == 1, err
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

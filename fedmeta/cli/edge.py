@@ -38,8 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM)."""
     from ..errors import ConfigError
-    from ..edge.frontend import EdgeFrontend
-    from ..edge.serve import serve
+
+    try:
+        from ..edge.frontend import EdgeFrontend
+        from ..edge.serve import serve
+    except ImportError as exc:  # onnxruntime: the edge extra
+        raise ConfigError("fedmeta edge", "serve", f"an environment with the edge extra: "
+                          f"pip install 'fedmeta[edge]' ({exc})") from None
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", args.port, "a port in [0, 65535] (0: a free one)")
