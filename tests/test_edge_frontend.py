@@ -121,6 +121,30 @@ def test_keeps_only_the_newest_examples(published, tmp_path) -> None:
         front.close()
 
 
+def test_conv4_serves_class_scores_adapted_to_its_labelled_images(tmp_path) -> None:
+    ck = checkpoint("conv4", "anil")
+    versions.publish(ck, tmp_path / "models", 0, round=0)
+    front = EdgeFrontend(tmp_path / "models")
+    try:
+        front.refresh()
+        ep = {k: v.numpy() for k, v in episode("conv4").items()}
+        with pytest.raises(DataError, match=r"class indices in \[0, 5\)"):
+            front.add_examples(ep["support_x"], ep["support_y"] + 1)
+        with pytest.raises(DataError, match="class indices"):
+            front.add_examples(ep["support_x"], ep["support_y"].astype(np.float32))
+        assert front.add_examples(ep["support_x"], ep["support_y"]) == 5
+        version, scores = front.predict(ep["query_x"])
+        expected = anil_predictions(ck, ep["support_x"], ep["support_y"], ep["query_x"])
+        scale = float(np.abs(expected).max())
+        # onnxruntime's convolutions round differently from oneDNN's (test_export_onnx)
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=2e-4 * max(scale, 1.0))
+        assert np.array_equal(scores.argmax(1), expected.argmax(1))
+        with pytest.raises(DataError, match="send 2 inputs or more"):
+            front.predict(ep["query_x"][:1])
+    finally:
+        front.close()
+
+
 def damage(kind: str, version_folder: Path) -> str:
     """Damage one published version as a crash or a bad copy would; the error expected."""
     if kind == "truncated":  # a copy still in progress
