@@ -134,6 +134,7 @@ def test_conv4_serves_class_scores_adapted_to_its_labelled_images(tmp_path) -> N
             front.add_examples(ep["support_x"], ep["support_y"].astype(np.float32))
         assert front.add_examples(ep["support_x"], ep["support_y"]) == 5
         version, scores = front.predict(ep["query_x"])
+        assert version == 0
         expected = anil_predictions(ck, ep["support_x"], ep["support_y"], ep["query_x"])
         scale = float(np.abs(expected).max())
         # onnxruntime's convolutions round differently from oneDNN's (test_export_onnx)
@@ -169,7 +170,7 @@ def damage(kind: str, version_folder: Path) -> str:
 @pytest.mark.parametrize("kind", ["truncated", "missing", "no-manifest", "altered"])
 def test_a_damaged_version_is_refused_and_the_old_one_keeps_serving(published, tmp_path,
                                                                     kind) -> None:
-    folder, cks = published
+    folder, _ = published
     models = copy_with_latest(folder, tmp_path / "models", 0)
     front = EdgeFrontend(models)
     try:

@@ -19,9 +19,9 @@ from test_export_edge import checkpoint
 
 from fedmeta.app import client_app, server_app
 from fedmeta.app.server_app import run_federation
+from fedmeta.app.sizing import fit_to_federation
 from fedmeta.checkpoint import Checkpoint
 from fedmeta.config import from_flat
-from fedmeta.app.sizing import fit_to_federation
 from fedmeta.edge import versions
 from fedmeta.errors import ConfigError
 
@@ -59,12 +59,12 @@ def test_a_folder_that_holds_a_version_stops_the_run_and_keeps_it(
     models = tmp_path / "models"
     versions.publish(checkpoint("mlp", "anil"), models, 0, round=0)
     before = {p.name: versions.sha256(p) for p in (models / "v000000").iterdir()}
-    with caplog.at_level(logging.INFO, logger="flwr.fedmeta"):
-        with pytest.raises(server_app.ServerAppFailed):
-            server_app.main(LocalGrid(client_app.app, 2), context(flat(models)))
+    with caplog.at_level(logging.INFO, logger="flwr.fedmeta"), \
+            pytest.raises(server_app.ServerAppFailed):
+        server_app.main(LocalGrid(client_app.app, 2), context(flat(models)))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [f"fedmeta: {models / 'v000000'}: version 0 is already published there; "
-                      f"publish to an empty folder (federation.publish_dir)"]
+    assert errors == [(f"fedmeta: {models / 'v000000'}: version 0 is already published "
+                       f"there; publish to an empty folder (federation.publish_dir)")]
     assert {p.name: versions.sha256(p) for p in (models / "v000000").iterdir()} == before
 
 

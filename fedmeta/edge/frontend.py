@@ -71,7 +71,7 @@ class EdgeFrontend:
         try:
             info = json.loads((staged / "meta_model.json").read_text())
             model = HeadAdapter(staged)
-        except Exception as exc:  # onnxruntime and numpy raise many kinds for a bad file
+        except Exception as exc:  # noqa: BLE001 (onnxruntime and numpy: many kinds)
             shutil.rmtree(staged, ignore_errors=True)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{self.models / pointer.folder}: version {pointer.version} "

@@ -33,12 +33,12 @@ def handler(frontend: EdgeFrontend) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:  # http.server's names
             if self.path != "/status":
                 return self._reply(404, {"error": f"no {self.path}: GET /status"})
             self._reply(200, frontend.status())
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path not in ("/examples", "/predict"):
                 return self._reply(404, {"error": f"no {self.path}: POST /examples, /predict"})
             length = int(self.headers.get("Content-Length") or 0)
@@ -61,7 +61,7 @@ def handler(frontend: EdgeFrontend) -> type[BaseHTTPRequestHandler]:
             except (FedmetaError, ValueError) as exc:
                 self._reply(400, {"error": str(exc)})
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # no line per request
 
     return Handler

@@ -61,7 +61,8 @@ def publish(checkpoint: Any, folder: str | Path, version: int, **about: Any) -> 
     """Write ``checkpoint`` (a ``fedmeta.checkpoint.Checkpoint``) and its ONNX export as
     ``version`` of ``folder`` (``about``: more manifest fields) and point ``latest.json``
     at it; return its folder. A version already published is never overwritten."""
-    from ..export.onnx_export import export_onnx  # torch and onnxscript: the back-end only
+    # torch and onnxscript: the back-end's, not the front-end's
+    from ..export.onnx_export import export_onnx
 
     folder = Path(folder)
     final = folder / version_name(version)
