@@ -68,6 +68,20 @@ def test_a_folder_that_holds_a_version_stops_the_run_and_keeps_it(
     assert {p.name: versions.sha256(p) for p in (models / "v000000").iterdir()} == before
 
 
+def test_a_relative_publish_folder_is_refused_under_flwr_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="flwr.fedmeta"), \
+            pytest.raises(server_app.ServerAppFailed):
+        server_app.main(LocalGrid(client_app.app, 2), context(flat(Path("models"))))
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["fedmeta: federation.publish_dir='models' is not allowed: expected an "
+                      "absolute path under flwr run (the ServerApp runs in a working folder "
+                      "of Flower's choosing)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_publish_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
     models = tmp_path / "models"
     versions.publish(checkpoint("mlp", "anil"), models, 0, round=0)

@@ -177,6 +177,11 @@ def _run(grid: Grid, context: Context) -> None:
     if is_auto(flat):
         flat, partitions = fit_to_federation(grid, flat)
     cfg = from_flat(flat)
+    publish = cfg.federation.publish_dir
+    if publish and not Path(publish).is_absolute():
+        raise ConfigError("federation.publish_dir", publish,
+                          "an absolute path under flwr run (the ServerApp runs in a working "
+                          "folder of Flower's choosing)")
     rows: list[Row] = []
 
     def report(row: Row) -> None:
