@@ -76,9 +76,9 @@ def test_a_relative_publish_folder_is_refused_under_flwr_run(
             pytest.raises(server_app.ServerAppFailed):
         server_app.main(LocalGrid(client_app.app, 2), context(flat(Path("models"))))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == ["fedmeta: federation.publish_dir='models' is not allowed: expected an "
-                      "absolute path under flwr run (the ServerApp runs in a working folder "
-                      "of Flower's choosing)"]
+    assert errors == [("fedmeta: federation.publish_dir='models' is not allowed: expected an "
+                       "absolute path under flwr run (the ServerApp runs in a working folder "
+                       "of Flower's choosing)")]
     assert list(tmp_path.iterdir()) == []
 
 
