@@ -25,6 +25,7 @@ from fedmeta.deploy.processes import running, stop, wait_until
 from fedmeta.edge import versions
 from fedmeta.edge.frontend import EdgeFrontend
 from fedmeta.errors import DataError
+from fedmeta.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,6 +224,31 @@ def test_a_version_that_latest_json_does_not_name_yet_is_not_loaded(published,
     try:
         assert front.refresh() and not front.refresh()
         assert front.version == 0 and front.status()["swaps"][-1]["version"] == 0
+    finally:
+        front.close()
+
+
+def test_a_version_for_other_inputs_is_refused_and_the_old_one_keeps_serving(
+        published, tmp_path) -> None:
+    """The federation changed its task: version 4 takes 2 inputs, the stored examples
+    have 1."""
+    folder, _ = published
+    models = copy_with_latest(folder, tmp_path / "models", 0)
+    other = checkpoint("mlp", "anil")
+    wider = build_model("mlp", in_features=2)
+    other = Checkpoint("anil", "mlp", {"in_features": 2}, other.learner_kwargs,
+                       dict(wider.named_parameters()), other.task)
+    front = EdgeFrontend(models)
+    try:
+        front.refresh()
+        x, y = sinusoid(10, seed=1)
+        front.add_examples(x, y)
+        versions.publish(other, models, 4, round=4)
+        with pytest.raises(DataError, match=r"version 4 cannot adapt to the 10 stored examples "
+                                            r"\(it takes inputs of shape \(2,\), they are "
+                                            r"\(1,\)\)"):
+            front.refresh()
+        assert front.predict(x[:2])[0] == 0 and front.status()["examples"] == 10
     finally:
         front.close()
 

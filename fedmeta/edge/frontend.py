@@ -78,7 +78,14 @@ class EdgeFrontend:
                             f"cannot be loaded ({first})") from None
         with self._lock:
             if self._x:
-                self._adapt(model, info)
+                try:
+                    self._fits(model, info)
+                    self._adapt(model, info)
+                except (DataError, ValueError) as exc:  # numpy's, for what _fits missed
+                    shutil.rmtree(staged, ignore_errors=True)
+                    raise DataError(f"{self.models / pointer.folder}: version "
+                                    f"{pointer.version} cannot adapt to the {len(self._x)} "
+                                    f"stored examples ({exc})") from None
             old, self._staged = self._staged, staged
             self._model, self.info, self.manifest = model, info, manifest
             self.swaps.append({"version": pointer.version, "round": manifest.get("round"),
@@ -89,6 +96,19 @@ class EdgeFrontend:
         logger.info("serving version %d (round %s), adapted on %d examples", pointer.version,
                     manifest.get("round"), len(self._x))
         return True
+
+    def _fits(self, model: HeadAdapter, info: dict[str, Any]) -> None:
+        """The stored examples are inputs and labels of ``model`` (the last version's may
+        not be: the federation may have changed its task)."""
+        shape, outputs = tuple(info["input_shape"]), model.meta_weight.shape[0]
+        if self._x[0].shape != shape:
+            raise DataError(f"it takes inputs of shape {shape}, they are {self._x[0].shape}")
+        labels = np.stack(self._y)
+        if info["model"] == "mlp" and labels.shape[1:] != (outputs,):
+            raise DataError(f"it predicts {outputs} targets, they have {labels.shape[1:]}")
+        if info["model"] != "mlp" and (labels.ndim != 1 or labels.max() >= outputs):
+            raise DataError(f"it has {outputs} classes, they have labels up to "
+                            f"{labels.max()}")
 
     def _adapt(self, model: HeadAdapter, info: dict[str, Any]) -> None:
         """Adapt ``model``'s head from the meta-learned one on every stored example."""
@@ -163,6 +183,9 @@ class EdgeFrontend:
                 if str(exc) != self.error:
                     logger.error("%s; still serving version %s", exc, self.version)
                 self.error = str(exc)
+            except Exception as exc:  # a bug must not end the watching
+                logger.exception("unexpected error; still serving version %s", self.version)
+                self.error = f"unexpected error: {exc!r}"
             stop.wait(interval)
 
     def close(self) -> None:
