@@ -126,6 +126,9 @@ class FederationConfig:
     samples ``max(floor(fraction_train * training devices), min_train_devices)`` of them.
     ``None`` (``"auto"`` in TOML) takes the algorithm's default (``fedmeta.federated``).
     The learner comes from ``algorithm``; ``meta.algorithm`` is central training's.
+    ``publish_dir``: if set, the server publishes the meta-model there (checkpoint and ONNX
+    export, ``fedmeta.edge.versions``) after every round it evaluates (round 0 included),
+    for edge front-ends to pick up (docs/deployment.md); empty: nothing is published.
     """
 
     algorithm: str = "fedmeta-maml"
@@ -152,6 +155,7 @@ class FederationConfig:
     krum_malicious: int = 1
     krum_select: int | None = None
     filter_factor: float = 3.0
+    publish_dir: str = ""
 
     @property
     def num_train(self) -> int:

@@ -32,6 +32,7 @@ from flwr.supercore.exit import ExitCode
 
 from ..checkpoint import Checkpoint
 from ..config import Config, from_flat, resolve_device
+from ..edge.versions import publish as publish_version
 from ..errors import ConfigError, FedmetaError
 from ..federated import FEDERATED_ALGORITHMS
 from ..fleet import FleetRun, enabled as fleet_enabled
@@ -70,7 +71,9 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
     With ``state_path``, the server state is saved there after every round; with
     ``resume``, the run continues after ``resume.round`` (``report`` gets the new rows only);
     ``partitions`` (node id -> partition id), if already discovered, are not asked again;
-    ``reports`` collects the devices' rejected and missing replies (``outcome``).
+    ``reports`` collects the devices' rejected and missing replies (``outcome``). With
+    ``federation.publish_dir``, the meta-model is published there (``fedmeta.edge.versions``)
+    after every evaluated round (round 0 included), as version ``round``.
     """
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
@@ -106,10 +109,21 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         rows.append(row)
         report(row)
 
+    def publish(server_round: int) -> None:  # for edge front-ends (fedmeta.edge)
+        if fed.publish_dir:
+            publish_version(Checkpoint(algorithm.learner, tasks.model, tasks.model_kwargs,
+                                       learner_kwargs, trainer.params, tasks.info),
+                            fed.publish_dir, server_round, round=server_round,
+                            algorithm=fed.algorithm)
+            logger.info("published the meta-model of round %d to %s", server_round,
+                        fed.publish_dir)
+
     def end_of_round(server_round: int) -> None:
         if state_path is not None:
             ServerState(server_round, cfg.to_dict(), trainer.params,
                         trainer.optimizer.state_dict(), rng_states(), rows).save(state_path)
+        if strategy.evaluates(server_round, fed.rounds):
+            publish(server_round)
 
     round_config = config_record(cfg, **{MODEL: tasks.model, MODEL_KWARGS: json.dumps(
         tasks.model_kwargs, sort_keys=True)})
@@ -163,6 +177,11 @@ def _run(grid: Grid, context: Context) -> None:
     if is_auto(flat):
         flat, partitions = fit_to_federation(grid, flat)
     cfg = from_flat(flat)
+    publish = cfg.federation.publish_dir
+    if publish and not Path(publish).is_absolute():
+        raise ConfigError("federation.publish_dir", publish,
+                          "an absolute path under flwr run (the ServerApp runs in a working "
+                          "folder of Flower's choosing)")
     rows: list[Row] = []
 
     def report(row: Row) -> None:

@@ -10,7 +10,7 @@ from ..errors import FedmetaError
 
 # Each module defines ``add_parser(subparsers)`` (which sets ``func``) for its subcommand.
 SUBCOMMANDS = ("train", "evaluate", "data", "run", "rescore", "deploy", "export",
-               "compress")
+               "compress", "edge")
 
 
 def build_parser() -> argparse.ArgumentParser:
