@@ -87,7 +87,10 @@ def markdown(rows: list[dict], frames: dict[str, pd.DataFrame],
     for r in sorted(rows, key=lambda r: -r["final_post_acc"]):
         needed = bytes_to_target(frames[r["algorithm"]], args.target)
         reach = "not reached" if math.isnan(needed) else f"{needed / 1e6:.1f} MB"
-        lines.append(f"| {r['algorithm']} | {r['final_pre_acc']:.3f} | "
+        # metric and model-based learners have no unadapted score (the support set is
+        # their adaptation)
+        pre = "-" if r["final_pre_acc"] is None else f"{r['final_pre_acc']:.3f}"
+        lines.append(f"| {r['algorithm']} | {pre} | "
                      f"{r['final_post_acc']:.3f} ± {r['final_post_acc_ci95']:.3f} | {reach} | "
                      f"{(r['bytes_down'] + r['bytes_up']) / 1e6:.1f} MB | {r['wall_s']:.0f} s |")
     return "\n".join(lines) + "\n"
