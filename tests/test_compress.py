@@ -113,7 +113,8 @@ def test_compress_with_distillation_adds_the_student_and_its_int8(
     rows = json.loads((out / "compress.json").read_text())
     assert len(rows) == 7
     student, student8 = rows[5], rows[6]
-    assert student["stage"] == ("student 2/8 ch (bn-pruned init) + 2 distillation updates")
+    assert student["stage"] == ("student 2/8 ch (bn-pruned init) + 2 distillation updates "
+                                "(T=4, alpha=0.5)")
     assert student8["stage"] == "int8 of " + student["stage"]
     assert student["params"] == student8["params"] < rows[1]["params"]
     assert student8["bytes"] < student["bytes"] < rows[1]["bytes"]
@@ -137,7 +138,9 @@ def test_compress_without_distillation_and_bad_student_settings(
                 "--student-channels=9 is not allowed: expected an integer in [1, 8]"),
                (["--student-channels", "2"],
                 "--student-channels=2 is not allowed: expected only with --distil N > 0"),
-               (["--distil", "-1"], "--distil=-1 is not allowed: expected an integer >= 0")]
+               (["--distil", "-1"], "--distil=-1 is not allowed: expected an integer >= 0"),
+               (["--distil", "1", "--alpha", "2"], "--alpha=2.0 is not allowed"),
+               (["--distil", "1", "--temperature", "0"], "--temperature=0.0 is not allowed")]
     for extra, message in refused:
         capsys.readouterr()
         assert main(base + extra) == 2

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from fedmeta.checkpoint import Checkpoint
 from fedmeta.errors import ConfigError
-from fedmeta.export.distil import distil, student_grad, teacher_outputs
+from fedmeta.export.distil import ALPHA, TEMPERATURE, distil, student_grad, teacher_outputs
 from fedmeta.export.prune import prune_conv4
 from fedmeta.meta import build_learner
 from fedmeta.models import Conv4
@@ -136,6 +136,10 @@ def test_distillation_lowers_the_loss_on_held_episodes() -> None:
                      alpha=1.0, callback=lambda it, loss: losses.append(loss))
     assert len(losses) == 20
     assert held_loss(trained) < 0.7 * held_loss(student)
+
+
+def test_the_documented_defaults() -> None:  # as fedmeta compress --help states them
+    assert (TEMPERATURE, ALPHA) == (4.0, 0.5)
 
 
 def test_bad_settings_are_refused() -> None:

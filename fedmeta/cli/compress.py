@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="meta-updates of distillation into a student (default 0: none)")
     p.add_argument("--student-channels", type=int, default=None, metavar="C",
                    help="the student's channels per block (default --keep; with --distil)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="distillation softmax temperature (default 4)")
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help="weight of the KL term against the query cross-entropy (default 0.5)")
     p.add_argument("--episodes", type=int, default=200, metavar="N",
                    help="held-out episodes to score (default 200)")
     p.add_argument("--seed", type=int, default=123, help="episode draw (default 123)")
@@ -62,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{settings}: no such file (a fedmeta train output folder has one)")
     cfg = config.from_dict(json.loads(settings.read_text()))
     torch.set_num_threads(1)
+    given = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha))
+             if v is not None}  # else compress's defaults
     rows, tuned, student = compress(Checkpoint.load(args.run / "checkpoint.pt"), cfg,
                                     args.keep, args.criterion, args.finetune, args.episodes,
-                                    args.seed, args.distil, args.student_channels)
+                                    args.seed, args.distil, args.student_channels, **given)
     args.out.mkdir(parents=True, exist_ok=True)
     tuned.save(args.out / CHECKPOINT)
     if student is not None:

@@ -13,8 +13,9 @@ Stages (in order):
   batch-norm frozen to the support set and quantised (``fedmeta.export.quantize``);
 - with ``distil > 0``, a student of ``student_channels`` channels per block (default
   ``keep``), initialised by pruning the meta-model to that width (same criterion) and
-  meta-distilled ``distil`` meta-updates from the meta-model (``fedmeta.export.distil``,
-  the run's outer optimizer, meta-batch and training tasks), and its ``int8``.
+  meta-distilled ``distil`` meta-updates from the meta-model (``fedmeta.export.distil``:
+  temperature ``T``, weight ``alpha`` of the KL term; the run's outer optimizer,
+  meta-batch and training tasks), and its ``int8``.
 
 Each stage adapts on every episode's support set (``meta.eval_steps`` steps) and is scored
 on its query set; the same episodes serve every stage, so the change against the
@@ -44,7 +45,7 @@ from ..meta.base import task_accuracy
 from ..meta.evaluation import mean_ci95
 from ..models import build_model
 from ..tasks.factory import build_tasks
-from .distil import check_distillable, distil as meta_distil
+from .distil import ALPHA, TEMPERATURE, check_settings, distil as meta_distil
 from .fit import needs, weight_bytes
 from .prune import prune_conv4
 from .quantize import inference_model, quantize
@@ -109,6 +110,7 @@ def _is_count(value: Any, least: int) -> bool:
 
 def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: int,
              episodes: int, seed: int, distil: int = 0, student_channels: int | None = None,
+             temperature: float = TEMPERATURE, alpha: float = ALPHA,
              ) -> tuple[list[dict[str, Any]], Checkpoint, Checkpoint | None]:
     """Run the chain; return one row per stage (see the module docstring), the pruned,
     meta-fine-tuned checkpoint and the distilled student (``None`` without ``distil``)."""
@@ -128,7 +130,7 @@ def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: i
         raise ConfigError("--student-channels", student_channels,
                           f"an integer in [1, {channels}] (the meta-model's channels)")
     if distil:
-        check_distillable(ck.algorithm)
+        check_settings(ck.algorithm, temperature, alpha, ("--temperature", "--alpha"))
     pruned = _pruned(ck, keep, criterion)
     tasks = build_tasks(cfg.task, seed=cfg.train.seed,
                         fleet=(cfg.federation.num_devices, cfg.federation.num_held_out))
@@ -144,9 +146,9 @@ def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: i
                                                                  criterion)
         student = meta_distil(ck, start, tasks.train, distil, cfg.train.meta_batch,
                               cfg.train.meta_lr, cfg.train.meta_optimizer,
-                              seed=cfg.train.seed + 11)
+                              cfg.train.seed + 11, temperature, alpha)
         name = (f"student {student_channels}/{channels} ch ({criterion}-pruned init) "
-                f"+ {distil} distillation updates")
+                f"+ {distil} distillation updates (T={temperature:g}, alpha={alpha:g})")
         stages += [Stage(name, student), Stage(f"int8 of {name}", student, int8=True)]
     steps = int(ck.learner_kwargs.get("eval_steps") or ck.learner_kwargs.get("inner_steps", 1))
     rng = np.random.default_rng(seed)

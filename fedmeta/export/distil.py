@@ -81,11 +81,16 @@ def student_grad(student: MetaLearner, params: Params, episode: Episode, target:
     return autograd_grad(lambda p: loss(student.predict(student.adapt(p, sx, sy), qx)), params)
 
 
-def check_distillable(algorithm: str) -> None:
-    """Raise ``ConfigError`` unless checkpoints of ``algorithm`` can be distilled."""
+def check_settings(algorithm: str, temperature: float, alpha: float,
+                   names: tuple[str, str] = ("temperature", "alpha")) -> None:
+    """Raise ``ConfigError`` unless checkpoints of ``algorithm`` can be distilled with
+    ``temperature`` and ``alpha`` (reported under ``names``)."""
     if algorithm not in LEARNERS:
         raise ConfigError("checkpoint algorithm (distillation)", algorithm,
                           f"one of {list(LEARNERS)}")
+    check_positive(names[0], temperature)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ConfigError(names[1], alpha, "a number in [0, 1]")
 
 
 def distil(teacher: Checkpoint, student: Checkpoint, source: TaskSource, iterations: int,
@@ -94,15 +99,12 @@ def distil(teacher: Checkpoint, student: Checkpoint, source: TaskSource, iterati
            callback: Callable[[int, float], None] | None = None) -> Checkpoint:
     """``student`` meta-trained ``iterations`` meta-updates to match ``teacher`` after
     adaptation on ``source``'s episodes; ``callback(iteration, mean loss)`` after each."""
-    check_distillable(teacher.algorithm)
+    check_settings(teacher.algorithm, temperature, alpha)
     if student.algorithm != teacher.algorithm:
         raise ConfigError("student algorithm", student.algorithm,
                           f"the teacher's ({teacher.algorithm})")
     check_positive("iterations", iterations, integer=True)
     check_positive("meta_batch", meta_batch, integer=True)
-    check_positive("temperature", temperature)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ConfigError("alpha", alpha, "a number in [0, 1]")
     teacher_learner, student_learner = teacher.learner(), student.learner()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in student.params.items()}
     outer = make_optimizer(optimizer, list(params.values()), meta_lr)
