@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "meta-distillation into a smaller student (--distil), and int8 of each; "
                     "every stage adapted and scored on the same held-out episodes. "
                     f"Writes to --out: {TABLE} (parameters, bytes, FLOPs, adaptation latency, "
-                    f"accuracy with 95%% CIs, paired change), {ROWS}, {CHECKPOINT} (the "
+                    f"accuracy with 95% CIs, paired change), {ROWS}, {CHECKPOINT} (the "
                     f"pruned, fine-tuned meta-model, for fedmeta export) and, with --distil, "
                     f"{STUDENT} (the distilled student). See docs/deployment.md.")
     p.add_argument("--run", required=True, type=Path, metavar="DIR",
