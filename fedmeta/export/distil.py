@@ -12,9 +12,10 @@ student meta-parameters ``theta_s`` (the same learner, so the same inner rule)::
 (Hinton, Vinyals & Dean 2015, with both models adapted as meta-learning adapts them; the
 KL is summed over classes and averaged over queries, the ``T^2`` keeps its gradient's
 scale independent of ``T``). The student's meta-gradient is the learner's own kind:
-through the inner steps for second-order learners (MAML, ANIL), taken at the adapted
-weights and applied to the initialisation for first-order ones (FOMAML, Reptile, joint
-training, Per-FedAvg FO), as first-order MAML does. Adaptation uses the learner's
+through the inner steps for second-order learners (MAML, ANIL; Per-FedAvg HF exactly,
+not by its finite differences), taken at the adapted weights and applied to the
+initialisation for first-order ones (FOMAML, Reptile, joint training, Per-FedAvg FO), as
+first-order MAML does. Adaptation uses the learner's
 training steps (``inner_steps``), as its meta-updates do. Each meta-update averages the
 gradients of ``meta_batch`` training episodes and steps the outer optimizer; episodes
 come from ``np.random.default_rng(seed)``, so a run is deterministic given its seed.
