@@ -1,7 +1,8 @@
 """Structured channel pruning of Conv4 (``fedmeta.export.prune``) and ``fedmeta compress``:
 the pruned network computes what the original did when the removed channels are dead, the
 criteria keep the channels they should, and the command writes its table, rows and
-checkpoint on real held-out Omniglot episodes without overwriting earlier results."""
+checkpoints on real held-out Omniglot episodes (with and without a distilled student)
+without overwriting earlier results, and refuses bad student settings by name."""
 
 from __future__ import annotations
 
@@ -64,18 +65,24 @@ def test_pruning_keeps_the_largest_scores_and_refuses_bad_widths() -> None:
         prune_conv4(params, 3, "random")
 
 
-def test_compress_writes_a_table_of_every_stage(tmp_path: Path, omniglot_dir: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def omniglot_run(tmp_path: Path, omniglot_dir: Path, algorithm: str) -> Path:
+    """A run folder: the tiny Omniglot config and an untrained 8-channel Conv4 checkpoint."""
     cfg = config.load(None, ["task.kind=omniglot", f"task.data_dir={omniglot_dir}",
-                             "task.k_shot=1", "task.q_query=2", "meta.algorithm=fomaml",
+                             "task.k_shot=1", "task.q_query=2", f"meta.algorithm={algorithm}",
                              "meta.eval_steps=2", "train.meta_batch=2"])
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     kwargs = {"n_way": 5, "channels": 8}
-    learner = build_learner("fomaml", Conv4(**kwargs), inner_lr=0.4, eval_steps=2)
-    Checkpoint("fomaml", "conv4", kwargs, {"inner_lr": 0.4, "eval_steps": 2},
+    learner = build_learner(algorithm, Conv4(**kwargs), inner_lr=0.4, eval_steps=2)
+    Checkpoint(algorithm, "conv4", kwargs, {"inner_lr": 0.4, "eval_steps": 2},
                learner.init_params(), {"kind": "omniglot"}).save(run / "checkpoint.pt")
+    return run
+
+
+def test_compress_writes_a_table_of_every_stage(tmp_path: Path, omniglot_dir: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    run = omniglot_run(tmp_path, omniglot_dir, "fomaml")
     args = ["compress", "--run", str(run), "--out", str(tmp_path / "out"), "--keep", "4",
             "--finetune", "2", "--episodes", "4"]
     assert main(args) == 0
@@ -94,3 +101,52 @@ def test_compress_writes_a_table_of_every_stage(tmp_path: Path, omniglot_dir: Pa
     capsys.readouterr()
     assert main(args) == 2  # earlier results are not overwritten
     assert "not overwritten" in capsys.readouterr().err
+
+
+def test_compress_with_distillation_adds_the_student_and_its_int8(
+        tmp_path: Path, omniglot_dir: Path) -> None:
+    run = omniglot_run(tmp_path, omniglot_dir, "anil")
+    out = tmp_path / "out"
+    assert main(["compress", "--run", str(run), "--out", str(out), "--keep", "4",
+                 "--student-channels", "2", "--distil", "2", "--finetune", "1",
+                 "--episodes", "4"]) == 0
+    rows = json.loads((out / "compress.json").read_text())
+    assert len(rows) == 7
+    student, student8 = rows[5], rows[6]
+    assert student["stage"] == ("student 2/8 ch (bn-pruned init) + 2 distillation updates "
+                                "(T=4, alpha=0.5)")
+    assert student8["stage"] == "int8 of " + student["stage"]
+    assert student["params"] == student8["params"] < rows[1]["params"]
+    assert student8["bytes"] < student["bytes"] < rows[1]["bytes"]
+    assert student["flops_query"] < rows[1]["flops_query"]
+    assert all(r["adaptation"] == "head-only" for r in rows)  # anil
+    assert all(r["loses_over_2_points"] == (r["change"] < -0.02) for r in rows)
+    assert (out / "compress.md").read_text().count("\n") == 2 + 7
+    saved = Checkpoint.load(out / "student.pt")
+    assert saved.model_kwargs["channels"] == 2 and saved.algorithm == "anil"
+
+
+def test_compress_without_distillation_and_bad_student_settings(
+        tmp_path: Path, omniglot_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    run = omniglot_run(tmp_path, omniglot_dir, "fomaml")
+    out = tmp_path / "out"
+    base = ["compress", "--run", str(run), "--out", str(out), "--keep", "4", "--finetune", "1",
+            "--episodes", "2"]
+    refused = [(["--distil", "1", "--student-channels", "0"],
+                "--student-channels=0 is not allowed: expected an integer in [1, 8]"),
+               (["--distil", "1", "--student-channels", "9"],
+                "--student-channels=9 is not allowed: expected an integer in [1, 8]"),
+               (["--student-channels", "2"],
+                "--student-channels=2 is not allowed: expected only with --distil N > 0"),
+               (["--distil", "-1"], "--distil=-1 is not allowed: expected an integer >= 0"),
+               (["--distil", "1", "--alpha", "2"], "--alpha=2.0 is not allowed"),
+               (["--distil", "1", "--temperature", "0"], "--temperature=0.0 is not allowed")]
+    for extra, message in refused:
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    assert main(base + ["--distil", "0"]) == 0
+    rows = json.loads((out / "compress.json").read_text())
+    assert len(rows) == 5 and not any("student" in r["stage"] for r in rows)
+    assert not (out / "student.pt").exists()

@@ -1,5 +1,6 @@
-"""``fedmeta compress``: structured pruning, meta-fine-tuning and int8 of a Conv4
-meta-model, each stage scored after adaptation on the same held-out episodes.
+"""``fedmeta compress``: structured pruning, meta-fine-tuning, distillation into a smaller
+student and int8 of a Conv4 meta-model, each stage scored after adaptation on the same
+held-out episodes.
 
 Stages (in order):
 
@@ -9,7 +10,12 @@ Stages (in order):
   checkpoint's learner and the run's outer optimizer (``train.meta_lr``,
   ``train.meta_optimizer``, ``train.meta_batch``) on the training tasks;
 - ``int8`` of the meta-model and of the fine-tuned pruned model: adapted in float32, then
-  batch-norm frozen to the support set and quantised (``fedmeta.export.quantize``).
+  batch-norm frozen to the support set and quantised (``fedmeta.export.quantize``);
+- with ``distil > 0``, a student of ``student_channels`` channels per block (default
+  ``keep``), initialised by pruning the meta-model to that width (same criterion) and
+  meta-distilled ``distil`` meta-updates from the meta-model (``fedmeta.export.distil``:
+  temperature ``T``, weight ``alpha`` of the KL term; the run's outer optimizer,
+  meta-batch and training tasks), and its ``int8``.
 
 Each stage adapts on every episode's support set (``meta.eval_steps`` steps) and is scored
 on its query set; the same episodes serve every stage, so the change against the
@@ -39,6 +45,7 @@ from ..meta.base import task_accuracy
 from ..meta.evaluation import mean_ci95
 from ..models import build_model
 from ..tasks.factory import build_tasks
+from .distil import ALPHA, TEMPERATURE, check_settings, distil as meta_distil
 from .fit import needs, weight_bytes
 from .prune import prune_conv4
 from .quantize import inference_model, quantize
@@ -92,28 +99,57 @@ def _adapt_ms(ck: Checkpoint, episode: Any, steps: int, repeats: int = 10) -> fl
     return 1000 * statistics.median(times[1:])
 
 
+def _pruned(ck: Checkpoint, keep: int, criterion: str) -> Checkpoint:
+    return Checkpoint(ck.algorithm, ck.model, {**ck.model_kwargs, "channels": keep},
+                      ck.learner_kwargs, prune_conv4(dict(ck.params), keep, criterion), ck.task)
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= least
+
+
 def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: int,
-             episodes: int, seed: int) -> tuple[list[dict[str, Any]], Checkpoint]:
-    """Run the chain; return one row per stage (see the module docstring) and the pruned,
-    meta-fine-tuned checkpoint."""
+             episodes: int, seed: int, distil: int = 0, student_channels: int | None = None,
+             temperature: float = TEMPERATURE, alpha: float = ALPHA,
+             ) -> tuple[list[dict[str, Any]], Checkpoint, Checkpoint | None]:
+    """Run the chain; return one row per stage (see the module docstring), the pruned,
+    meta-fine-tuned checkpoint and the distilled student (``None`` without ``distil``)."""
     if ck.model != "conv4":
         raise ConfigError("checkpoint model", ck.model, "conv4 (channel pruning)")
-    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 1:
+    if not _is_count(finetune, 1):
         raise ConfigError("--finetune", finetune, "an integer >= 1 (meta-updates)")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
+    if not _is_count(episodes, 2):
         raise ConfigError("--episodes", episodes, "an integer >= 2")
+    if not _is_count(distil, 0):
+        raise ConfigError("--distil", distil, "an integer >= 0 (meta-updates; 0: none)")
+    channels = int(ck.model_kwargs.get("channels", 64))
+    if student_channels is not None and not distil:
+        raise ConfigError("--student-channels", student_channels, "only with --distil N > 0")
+    student_channels = keep if student_channels is None else student_channels
+    if distil and not (_is_count(student_channels, 1) and student_channels <= channels):
+        raise ConfigError("--student-channels", student_channels,
+                          f"an integer in [1, {channels}] (the meta-model's channels)")
+    if distil:
+        check_settings(ck.algorithm, temperature, alpha, ("--temperature", "--alpha"))
+    pruned = _pruned(ck, keep, criterion)
     tasks = build_tasks(cfg.task, seed=cfg.train.seed,
                         fleet=(cfg.federation.num_devices, cfg.federation.num_held_out))
-    channels = int(ck.model_kwargs.get("channels", 64))
-    pruned = Checkpoint(ck.algorithm, ck.model, {**ck.model_kwargs, "channels": keep},
-                        ck.learner_kwargs, prune_conv4(dict(ck.params), keep, criterion),
-                        ck.task)
     tuned = _finetune(pruned, cfg, tasks, finetune)
     label = f"pruned {keep}/{channels} ch ({criterion})"
     stages = [Stage("meta-model", ck), Stage(label, pruned),
               Stage(f"{label} + {finetune} meta-updates", tuned),
               Stage("int8 of meta-model", ck, int8=True),
               Stage(f"int8 of {label} + {finetune} meta-updates", tuned, int8=True)]
+    student = None
+    if distil:
+        start = pruned if student_channels == keep else _pruned(ck, student_channels,
+                                                                 criterion)
+        student = meta_distil(ck, start, tasks.train, distil, cfg.train.meta_batch,
+                              cfg.train.meta_lr, cfg.train.meta_optimizer,
+                              cfg.train.seed + 11, temperature, alpha)
+        name = (f"student {student_channels}/{channels} ch ({criterion}-pruned init) "
+                f"+ {distil} distillation updates (T={temperature:g}, alpha={alpha:g})")
+        stages += [Stage(name, student), Stage(f"int8 of {name}", student, int8=True)]
     steps = int(ck.learner_kwargs.get("eval_steps") or ck.learner_kwargs.get("inner_steps", 1))
     rng = np.random.default_rng(seed)
     for _ in range(episodes):
@@ -143,7 +179,7 @@ def compress(ck: Checkpoint, cfg: Config, keep: int, criterion: str, finetune: i
                      "loses_over_2_points": bool(change < -LOSS_FLAG),
                      "episodes": episodes, "support": support, "query": query,
                      "steps": steps})
-    return rows, tuned
+    return rows, tuned, student
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
