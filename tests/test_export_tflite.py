@@ -72,7 +72,7 @@ def device_command(folder: Path) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code, str(only)]
 
 
-@pytest.mark.slow  # two litert-torch conversions: ~50 s on one CPU thread
+@pytest.mark.slow  # four litert-torch signatures to convert, 20-25 s each
 @needs_litert
 @pytest.mark.parametrize("model", ["mlp", "conv4"])
 def test_tflite_head_adaptation_matches_fedmeta_in_an_environment_without_torch(
