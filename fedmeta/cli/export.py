@@ -1,5 +1,6 @@
-"""``fedmeta export``: the meta-model for devices (ONNX with head-only adaptation in numpy,
-or the legacy TorchScript program), and whether it fits the fleet's device profiles."""
+"""``fedmeta export``: the meta-model for devices (ONNX or LiteRT/TFLite with head-only
+adaptation in numpy, or the legacy TorchScript program), and whether it fits the fleet's
+device profiles."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import argparse
 import json
 from pathlib import Path
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "tflite", "torchscript")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``fedmeta export``."""
     p = sub.add_parser(
-        "export", help="export a checkpoint for devices (ONNX or TorchScript), or --fit",
+        "export", help="export a checkpoint for devices (ONNX, TFLite or TorchScript), or --fit",
         description="Write to --out, for --format onnx (default; needs the edge extra): "
                     "body.onnx and head.onnx (captured by torch.export), head.npz (the "
                     "meta-learned head) and adapt_onnx.py, which adapts the head on a support "
                     "set with numpy and onnxruntime alone (ANIL-style; the support features "
-                    "computed once). --format torchscript (legacy): meta_model.pt, a program "
+                    "computed once). --format tflite (needs the litert extra): body.tflite "
+                    "(litert-torch; static support and query batches), head.npz and "
+                    "adapt_tflite.py, the same adaptation with numpy and the LiteRT "
+                    "interpreter. --format torchscript (legacy): meta_model.pt, a program "
                     "that adapts every adapted layer with torch alone, and adapt_on_device.py. "
                     "With --fit, print instead whether the model fits each device profile's "
                     "memory and its adaptation and query latency there. See "
@@ -27,15 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a checkpoint written by fedmeta train or fedmeta run")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (not with --fit)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="onnx (default) or torchscript (legacy: deprecated by PyTorch)")
+                   help="onnx (default), tflite or torchscript (legacy: deprecated by "
+                        "PyTorch)")
     p.add_argument("--fit", action="store_true",
                    help="print the fit table for the built-in device profiles instead")
     p.add_argument("--profiles-file", type=Path, metavar="TOML",
                    help="with --fit: more or overriding device profiles (docs/fleet.md)")
     p.add_argument("--support", type=int, metavar="N",
-                   help="with --fit: support-set size (default: the checkpoint's task)")
+                   help="with --fit or --format tflite: support-set size (default: the "
+                        "checkpoint's task)")
     p.add_argument("--query", type=int, metavar="N",
-                   help="with --fit: query batch size (default: the checkpoint's task)")
+                   help="with --fit or --format tflite: query batch size (default: the "
+                        "checkpoint's task)")
     p.set_defaults(func=run)
 
 
@@ -80,18 +87,37 @@ def fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_tflite(args: argparse.Namespace) -> int:
+    """Export the body to LiteRT for the episode sizes asked (or the checkpoint's task)."""
+    from ..checkpoint import Checkpoint
+    from ..errors import ConfigError
+
+    try:
+        from ..export.tflite_export import export_tflite as export
+    except ImportError as exc:  # ai_edge_litert, imported by the device script
+        raise ConfigError("--format", "tflite", f"an environment with the litert extra: "
+                          f"pip install 'fedmeta[litert]' ({exc})") from None
+    checkpoint = Checkpoint.load(args.checkpoint)
+    support, query = _episode_sizes(checkpoint.task, args.support, args.query)
+    print(json.dumps(export(checkpoint, args.out, support, query), indent=2))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Export and print the description, or print the fit table."""
     from ..errors import ConfigError
 
     if args.fit:
         return fit(args)
-    for flag, value in (("--profiles-file", args.profiles_file), ("--support", args.support),
-                        ("--query", args.query)):
+    sizes = () if args.format == "tflite" else (("--support", args.support),
+                                                 ("--query", args.query))
+    for flag, value in (("--profiles-file", args.profiles_file), *sizes):
         if value is not None:
-            raise ConfigError(flag, str(value), "nothing without --fit")
+            raise ConfigError(flag, str(value), "nothing without --fit or --format tflite")
     if args.out is None:
         raise ConfigError("--out", None, "an output folder (or --fit)")
+    if args.format == "tflite":
+        return export_tflite(args)
     if args.format == "onnx":
         try:
             from ..export.onnx_export import export_onnx as export
