@@ -1,11 +1,13 @@
 """fedmeta's message pump for Flower's simulation engine (``fedmeta.app.dispatch``): it is in
-place only inside ``message_pump("indexed")``, and hands each node its earliest undelivered
-message, one a poll, in one pass (runs under both pumps give identical results:
-tests/test_federated_run.py)."""
+place only inside ``message_pump("indexed")``, hands each node its earliest undelivered
+message, one a poll, checking each stored message once, and wakes on what is stored; the
+engine's node -> partition mapping reaches the server (``engine_nodes``). Runs under both
+pumps give identical results: tests/test_federated_run.py."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from queue import Queue
 
@@ -70,3 +72,46 @@ def test_a_state_of_another_kind_keeps_flowers_pump(monkeypatch: pytest.MonkeyPa
     stop = threading.Event()
     dispatch._indexed_pump(_State({}), Queue(), {}, stop)
     assert len(calls) == 1 and calls[0][0].message_ins_store == {}
+
+
+def test_handed_messages_are_not_checked_again() -> None:
+    store = {f"m{i}": _Message(_Metadata(node)) for i, node in enumerate([5, 5, 7])}
+    state, handed = _State(store), set()
+    assert dispatch.undelivered(state, {5: 0, 7: 1}, handed) == [store["m0"], store["m2"]]
+    assert dispatch.undelivered(state, {5: 0, 7: 1}, handed) == [store["m1"]]
+    del store["m0"]  # its reply was pulled
+    store["m3"] = _Message(_Metadata(7))
+    assert dispatch.undelivered(state, {5: 0, 7: 1}, handed) == [store["m3"]]
+    assert state.checked == [{"m0", "m1", "m2"}, {"m1"}, {"m3"}]
+    assert handed == {"m1", "m2", "m3"}  # ids no longer stored are forgotten
+
+
+def test_the_engine_nodes_are_handed_over_once_registered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vce_api, "_register_nodes",
+                        lambda num_nodes, state_factory: {10 + i: i for i in range(num_nodes)})
+    with dispatch.engine_nodes() as nodes:
+        assert nodes.wait(0.01) is None
+        vce_api._register_nodes(num_nodes=3, state_factory=None)
+        assert nodes.wait(0.01) == {10: 0, 11: 1, 12: 2}
+    assert vce_api._register_nodes(num_nodes=1, state_factory=None) == {10: 0}  # restored
+
+
+def test_a_counted_state_wakes_the_waiting_server_and_is_restored() -> None:
+    class Store:
+        def store_message_ins(self, message: object) -> str:
+            return "in"
+
+        def store_message_res(self, message: object) -> str:
+            return "res"
+
+    state = Store()
+    with dispatch._counted(state) as arrivals:
+        assert dispatch.arrivals_of(type("Grid", (), {"state": state})()) is arrivals
+        assert state.store_message_ins(None) == "in" and arrivals.messages == 1
+        threading.Timer(0.05, state.store_message_res, [None]).start()
+        began = time.monotonic()
+        arrivals.wait(lambda: arrivals.replies == 1, 10.0)
+        assert arrivals.replies == 1 and time.monotonic() - began < 5.0
+    assert dispatch.arrivals_of(type("Grid", (), {"state": state})()) is None
+    assert "store_message_res" not in vars(state)
