@@ -143,7 +143,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
 
     from fedmeta.app import client_app
     from fedmeta.app.server_app import run_federation
-    from fedmeta.app.dispatch import engine_nodes, message_pump
+    from fedmeta.app.dispatch import message_pump
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
     cfg = as_config(config)
@@ -157,8 +157,8 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             partitions=nodes.wait(cfg.federation.discovery_timeout))
 
     start, load = time.perf_counter(), os.getloadavg()[0]
-    with TreeMemory() as memory, _flower_logs(False), message_pump(cfg.simulation.dispatch), \
-            engine_nodes() as nodes:
+    with TreeMemory() as memory, _flower_logs(False), \
+            message_pump(cfg.simulation.dispatch) as nodes:
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend_config(cfg.simulation, False))
@@ -253,7 +253,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
              "stored message), `indexed` is fedmeta's (each message checked once, a poll "
              "whenever one is stored). Rows with a load column: the server took the nodes' "
-             "partitions from the engine (`fedmeta.app.dispatch.engine_nodes`) instead of "
+             "partitions from the engine (`fedmeta.app.dispatch.EngineNodes`) instead of "
              "asking each node, and the load column is the host's 1-minute load average at "
              "the run's start and end (2 cores; the host was shared).", "",
              "| task | devices | dispatch | per round | Ray workers | start-up s | round 1 s | "

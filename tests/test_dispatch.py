@@ -1,7 +1,7 @@
 """fedmeta's message pump for Flower's simulation engine (``fedmeta.app.dispatch``): it is in
 place only inside ``message_pump("indexed")``, hands each node its earliest undelivered
 message, one a poll, checking each stored message once, and wakes on what is stored; the
-engine's node -> partition mapping reaches the server (``engine_nodes``). Runs under both
+engine's node -> partition mapping reaches the server (``EngineNodes``). Runs under both
 pumps give identical results: tests/test_federated_run.py."""
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from fedmeta.app import dispatch
 
 def test_the_pump_is_swapped_only_inside_the_context() -> None:
     flower = vce_api.add_messages_to_queue
-    with dispatch.message_pump("flower"):
-        assert vce_api.add_messages_to_queue is flower
     with pytest.raises(RuntimeError):
         with dispatch.message_pump("indexed"):
-            assert vce_api.add_messages_to_queue is dispatch._indexed_pump
+            assert vce_api.add_messages_to_queue is not flower
             raise RuntimeError("the run failed")
     assert vce_api.add_messages_to_queue is flower
     with pytest.raises(ValueError, match="one of"):
@@ -86,15 +84,26 @@ def test_handed_messages_are_not_checked_again() -> None:
     assert handed == {"m1", "m2", "m3"}  # ids no longer stored are forgotten
 
 
-def test_the_engine_nodes_are_handed_over_once_registered(
+def test_the_engine_nodes_are_handed_over_when_the_pump_starts(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vce_api, "_register_nodes",
-                        lambda num_nodes, state_factory: {10 + i: i for i in range(num_nodes)})
-    with dispatch.engine_nodes() as nodes:
+    monkeypatch.setattr(dispatch, "_FLOWER_PUMP", lambda *args: None)
+    with dispatch.message_pump("flower") as nodes:
         assert nodes.wait(0.01) is None
-        vce_api._register_nodes(num_nodes=3, state_factory=None)
-        assert nodes.wait(0.01) == {10: 0, 11: 1, 12: 2}
-    assert vce_api._register_nodes(num_nodes=1, state_factory=None) == {10: 0}  # restored
+        vce_api.add_messages_to_queue(None, Queue(), {10: 0, 11: 1}, threading.Event())
+        assert nodes.wait(0.01) == {10: 0, 11: 1}
+
+
+def test_an_engine_that_ends_before_its_pump_starts_hands_over_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args: object) -> None:
+        raise RuntimeError("Ray did not start")
+
+    monkeypatch.setattr(vce_api, "run_api", crash)
+    with dispatch.message_pump("indexed") as nodes:
+        with pytest.raises(RuntimeError):
+            vce_api.run_api()
+        assert nodes.wait(60.0) is None  # at once: the server asks the nodes instead
+    assert vce_api.run_api is crash
 
 
 def test_a_counted_state_wakes_the_waiting_server_and_is_restored() -> None:

@@ -17,9 +17,9 @@ Flower's, unchanged. If the engine's state is not the in-memory LinkState this w
 against, the pump falls back to Flower's. Only ``fedmeta run``/``simulate`` in this process
 use it; ``flwr run`` starts the engine in a process of its own and keeps Flower's pump.
 
-``engine_nodes`` (under either pump) hands the server the engine's own node -> partition
-mapping as it registers the nodes, so that ``simulate`` need not ask every node which
-partition it holds (one query message through Ray per device before the first round).
+Under either pump, ``message_pump`` hands the server the engine's own node -> partition
+mapping when the pump starts (``EngineNodes``), so that ``simulate`` need not ask every node
+which partition it holds (one query message through Ray per device before the first round).
 """
 
 from __future__ import annotations
@@ -141,48 +141,54 @@ _FLOWER_PUMP = vce_api.add_messages_to_queue
 
 
 class EngineNodes:
-    """The simulation engine's nodes: node id -> partition id, as it registered them."""
+    """The simulation engine's nodes (node id -> partition id, the mapping every node's
+    ``partition-id`` comes from), once its workers are up and its pump starts."""
 
     def __init__(self) -> None:
         self.partitions: dict[int, int] = {}
-        self.registered = threading.Event()
+        self.changed = threading.Condition()
+        self.started = self.ended = False
 
     def wait(self, timeout: float) -> dict[int, int] | None:
-        """The nodes' partitions once registered; ``None`` if not within ``timeout`` s."""
-        return dict(self.partitions) if self.registered.wait(timeout) else None
+        """The nodes' partitions once the pump started; ``None`` if the engine ended first
+        or ``timeout`` s passed (the server then asks the nodes, ``FedMeta.discover``)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.started or self.ended, timeout)
+            return dict(self.partitions) if self.started else None
+
+    def _set(self, partitions: Mapping[int, int] | None) -> None:
+        with self.changed:
+            if partitions is None:
+                self.ended = True
+            else:
+                self.partitions, self.started = dict(partitions), True
+            self.changed.notify_all()
 
 
 @contextmanager
-def engine_nodes() -> Iterator[EngineNodes]:
-    """The nodes the simulation engine started inside registers (its own node id ->
-    partition id mapping, which every node's ``partition-id`` comes from), so the server
-    need not ask each of them (``FedMeta.discover``: a message through Ray per node)."""
-    nodes, register = EngineNodes(), vce_api._register_nodes
+def message_pump(dispatch: str) -> Iterator[EngineNodes]:
+    """Run the simulation engine started inside with the ``dispatch`` pump
+    (``"indexed"``: one check a message; ``"flower"``: Flower's, untouched); the engine's
+    nodes (``EngineNodes``) are handed over as the pump starts, so that the server need not
+    ask each node which partition it holds (a query message through Ray per device)."""
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"dispatch {dispatch!r}: one of {list(DISPATCHES)}")
+    nodes, run_api, previous = EngineNodes(), vce_api.run_api, vce_api.add_messages_to_queue
+    pump = _indexed_pump if dispatch == "indexed" else _FLOWER_PUMP
 
-    def registering(num_nodes: int, state_factory: object) -> dict[int, int]:
-        mapping = register(num_nodes=num_nodes, state_factory=state_factory)
-        nodes.partitions.update(mapping)
-        nodes.registered.set()
-        return mapping
+    def started(state: object, queue: Queue[Message], nodes_mapping: Mapping[int, int],
+                f_stop: threading.Event) -> None:
+        nodes._set(nodes_mapping)
+        pump(state, queue, nodes_mapping, f_stop)
 
-    vce_api._register_nodes = registering
+    def running(*args: object, **kwargs: object) -> None:
+        try:
+            run_api(*args, **kwargs)
+        finally:
+            nodes._set(None)
+
+    vce_api.add_messages_to_queue, vce_api.run_api = started, running
     try:
         yield nodes
     finally:
-        vce_api._register_nodes = register
-
-
-@contextmanager
-def message_pump(dispatch: str) -> Iterator[None]:
-    """Run the simulation engine started inside with the ``dispatch`` pump
-    (``"indexed"``: one check a message; ``"flower"``: Flower's, untouched)."""
-    if dispatch not in DISPATCHES:
-        raise ValueError(f"dispatch {dispatch!r}: one of {list(DISPATCHES)}")
-    if dispatch == "flower":
-        yield
-        return
-    vce_api.add_messages_to_queue = _indexed_pump
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = _FLOWER_PUMP
+        vce_api.add_messages_to_queue, vce_api.run_api = previous, run_api

@@ -33,7 +33,7 @@ from ..results import Row, summarize_run, table
 from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app, cluster
-from .dispatch import engine_nodes, message_pump
+from .dispatch import message_pump
 from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
 from .server_app import check_resumable, run_federation
@@ -143,7 +143,7 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     reports = DeviceReports()
 
     @server.main()
-    def main(grid: Grid, context: Context) -> None:  # partitions: the engine's (engine_nodes)
+    def main(grid: Grid, context: Context) -> None:  # partitions: the engine's (EngineNodes)
         partitions = nodes.wait(fed.discovery_timeout)
         finished.append(run_federation(grid, cfg, report, state_path, resume, partitions,
                                        reports=reports))
@@ -152,8 +152,7 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     try:
         if cfg.simulation.ray_address:
             cluster.connect(cfg, verbose)
-        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch), \
-                engine_nodes() as nodes:
+        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes:
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:
