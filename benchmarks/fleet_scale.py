@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -75,11 +76,22 @@ def fleet_config(task: str, size: int, rounds: int, dispatch: str,
     return config
 
 
-class TreeMemory:
-    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+def _is_actor(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is one of Flower's Ray workers (a ``ClientAppActor``)."""
+    try:
+        return "ClientAppActor" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
-    def __init__(self, every_s: float = 0.2) -> None:
+
+class TreeMemory:
+    """Peak summed RSS of this process and its descendants, sampled in a thread every
+    ``every_s``; the tree itself is listed every ``tree_every_s`` (listing it reads every
+    process of the host, a cost that would count as the run's overhead)."""
+
+    def __init__(self, every_s: float = 0.2, tree_every_s: float = 2.0) -> None:
         self.every_s, self.peak, self.driver_peak, self.worker_peak = every_s, 0, 0, 0
+        self.tree_every_s = tree_every_s
         self.actors = 0
         self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a worker, CPU s so far)
         self._stop = threading.Event()
@@ -87,12 +99,16 @@ class TreeMemory:
 
     def _run(self) -> None:
         me = psutil.Process()
+        tree: dict[int, tuple[psutil.Process, bool]] = {}  # pid -> (process, is a worker)
+        listed = -math.inf
         while not self._stop.is_set():
+            if time.monotonic() - listed >= self.tree_every_s:
+                tree, listed = {p.pid: (p, _is_actor(p)) for p in
+                                [me, *me.children(recursive=True)]}, time.monotonic()
             total, actors = 0, 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc, is_actor in tree.values():
                 try:
                     rss = proc.memory_info().rss
-                    is_actor = "ClientAppActor" in " ".join(proc.cmdline())
                     cpu = proc.cpu_times()
                 except psutil.Error:
                     continue
@@ -137,10 +153,12 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         run_federation(grid, cfg, lambda row: marks.append(
-            (row.round, row.source, time.perf_counter())))
+            (row.round, row.source, time.perf_counter())),
+            partitions=nodes.wait(cfg.federation.discovery_timeout))
 
-    start = time.perf_counter()
-    with TreeMemory() as memory, _flower_logs(False), message_pump(cfg.simulation.dispatch):
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    with TreeMemory() as memory, _flower_logs(False), \
+            message_pump(cfg.simulation.dispatch) as nodes:
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend_config(cfg.simulation, False))
@@ -157,7 +175,8 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             "round1_s": train[1] - first_eval, "round_s": steady,
             "peak_rss_mb": memory.peak / 2**20, "driver_peak_rss_mb": memory.driver_peak / 2**20,
             "worker_peak_rss_mb": memory.worker_peak / 2**20, "ray_workers": memory.actors,
-            "cpu_s_workers": memory.cpu_seconds(True), "cpu_s_others": memory.cpu_seconds(False)}
+            "cpu_s_workers": memory.cpu_seconds(True), "cpu_s_others": memory.cpu_seconds(False),
+            "load": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
 def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int, float]:
@@ -232,11 +251,15 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "workers) / round time. Dispatch: how Flower's engine pumps messages to "
              "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
-             "stored message), `indexed` is fedmeta's (one scan a poll).", "",
+             "stored message), `indexed` is fedmeta's (each message checked once, a poll "
+             "whenever one is stored). Rows with a load column: the server took the nodes' "
+             "partitions from the engine (`fedmeta.app.dispatch.EngineNodes`) instead of "
+             "asking each node, and the load column is the host's 1-minute load average at "
+             "the run's start and end (2 cores; the host was shared).", "",
              "| task | devices | dispatch | per round | Ray workers | start-up s | round 1 s | "
              "round s (median) | device meta-learning ms | overhead share | peak RSS tree MB "
-             "| driver MB | largest worker MB | wall s | CPU s workers / others |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| driver MB | largest worker MB | wall s | CPU s workers / others | load |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
@@ -250,7 +273,8 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
             f"{r.get('cpu_s_workers', float('nan')):.0f} / "
-            f"{r.get('cpu_s_others', float('nan')):.0f} |")
+            f"{r.get('cpu_s_others', float('nan')):.0f} | "
+            f"{'-'.join(str(x) for x in r.get('load', [])) or '?'} |")
     lines += ["", "Rerun: `python benchmarks/fleet_scale.py` (see its docstring for options).",
               ""]
     (RESULTS / "fleet_scale.md").write_text("\n".join(lines))

@@ -4,7 +4,9 @@ Flower's ``Grid.send_and_receive`` returns a round's replies all at once, so a s
 uses it holds every reply of the round (O(devices per round x model)) before it averages.
 ``replies_as_they_come`` does what ``send_and_receive`` does (push the messages, pull every
 ``pull_interval`` until all replied or the timeout passed) but yields each reply as soon as it
-is pulled; the strategy folds it into a running aggregate and lets it go.
+is pulled; the strategy folds it into a running aggregate and lets it go. Under fedmeta's
+message pump (``fedmeta.app.dispatch``) it also pulls as soon as every reply it waits for is
+stored, so a round ends when its last reply arrives, not up to ``pull_interval`` later.
 
 Floating-point sums depend on their order, and replies arrive in whatever order the devices
 finish, so folds take replies in partition order: ``Turns`` releases a reply once every
@@ -37,6 +39,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from .dispatch import arrivals_of
+
 PULL_INTERVAL_S = 0.1  # Flower's InMemoryGrid default, for grids that do not say theirs
 # (Flower's gRPC grid under ``flwr run`` sleeps 3 s between pulls; pulling every 0.1 s ends a
 # round at most 0.1 s after its last reply)
@@ -49,12 +53,17 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message],
     ids = set(grid.push_messages(list(messages)))
     end = time.time() + (timeout if timeout is not None else 0.0)
     interval = getattr(grid, "pull_interval", PULL_INTERVAL_S)
+    arrivals = arrivals_of(grid)  # under fedmeta's pump: pull once the last reply is stored
     while ids and (timeout is None or time.time() < end):
+        stored = arrivals.replies if arrivals is not None else 0
         for reply in list(grid.pull_messages(ids)):
             ids.discard(reply.metadata.reply_to_message_id)
             yield reply
-        if ids:
+        if ids and arrivals is None:
             time.sleep(interval)
+        elif ids:
+            waiting = len(ids)
+            arrivals.wait(lambda: arrivals.replies - stored >= waiting, interval)
 
 
 class Fold(Protocol):

@@ -143,15 +143,16 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     reports = DeviceReports()
 
     @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        finished.append(run_federation(grid, cfg, report, state_path, resume,
+    def main(grid: Grid, context: Context) -> None:  # partitions: the engine's (EngineNodes)
+        partitions = nodes.wait(fed.discovery_timeout)
+        finished.append(run_federation(grid, cfg, report, state_path, resume, partitions,
                                        reports=reports))
 
     start = time.perf_counter()
     try:
         if cfg.simulation.ray_address:
             cluster.connect(cfg, verbose)
-        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch):
+        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes:
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:
