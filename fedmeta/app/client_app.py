@@ -60,23 +60,16 @@ def _config(flat: tuple) -> Config:
     return from_flat(dict(flat))
 
 
-@lru_cache(maxsize=2)
-def _learner(flat: tuple, model: str, model_kwargs: str) -> MetaLearner:
-    """The run's learner, once per process: every device's is the same, and a learner keeps
-    nothing between calls (the meta-parameters come with each message)."""
-    cfg = _config(flat)
-    algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
-    return build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
-                         inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
-                         eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
-
-
 @lru_cache(maxsize=4)
 def _device(partition: int, num_partitions: int, flat: tuple, model: str,
             model_kwargs: str) -> Device:
     cfg = _config(flat)
     algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
-    learner = _learner(flat, model, model_kwargs)
+    # a learner of its own: devices may run at once in threads of one process (a threaded
+    # grid, a SuperNode), and a learner's model is not safe to share between threads
+    learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
+                            inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
+                            eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
     source = build_device_tasks(cfg.task, partition, num_partitions,
                                 cfg.federation.num_held_out, seed=cfg.train.seed)
     fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None
