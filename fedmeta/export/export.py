@@ -37,6 +37,25 @@ def input_shape(checkpoint: Checkpoint) -> tuple[int, ...]:
     return (int(checkpoint.model_kwargs.get("in_channels", 1)), size, size)
 
 
+def head_only_model(checkpoint: Checkpoint | str | Path, fmt: str
+                    ) -> tuple[Checkpoint, torch.nn.Module]:
+    """The checkpoint and its float32 model, for an export whose device adapts the head only
+    at one learning rate (``fmt``: the ``--format`` named in errors)."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint.load(checkpoint)
+    allowed = [a for a in GRADIENT_LEARNERS if a != "metasgd"]
+    if checkpoint.algorithm not in allowed:
+        raise ConfigError("checkpoint algorithm", checkpoint.algorithm,
+                          f"for --format {fmt} (head-only adaptation at one learning rate) "
+                          f"one of {allowed}; Meta-SGD's learned rates: --format torchscript")
+    if checkpoint.model not in ("mlp", "conv4"):
+        raise ConfigError("checkpoint model", checkpoint.model, "one of ['conv4', 'mlp']")
+    model = checkpoint.learner().model
+    model.load_state_dict({k: v.float() for k, v in checkpoint.params.items()
+                           if not k.startswith(LR_PREFIX)})
+    return checkpoint, model
+
+
 def meta_model(checkpoint: Checkpoint) -> MetaModel:
     """The (unscripted) program of ``checkpoint``: its meta-parameters, in the model's
     parameter order, with the learner's adaptation."""

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from . import onnx_device
-from .export import GRADIENT_LEARNERS, input_shape
+from .export import head_only_model, input_shape
 
 INFO, SCRIPT = "meta_model.json", "adapt_onnx.py"
 OPSET = 20
@@ -80,19 +80,8 @@ def _check(path: Path, inputs: tuple[Tensor, ...], expected: Tensor, ort: Any) -
 def export_onnx(checkpoint: Checkpoint | str | Path, out: str | Path) -> dict[str, Any]:
     """Write the ONNX body and head, the meta-learned head and the device script to
     ``out``; return the description (also written as ``meta_model.json``)."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = Checkpoint.load(checkpoint)
-    allowed = [a for a in GRADIENT_LEARNERS if a != "metasgd"]
-    if checkpoint.algorithm not in allowed:
-        raise ConfigError("checkpoint algorithm", checkpoint.algorithm,
-                          f"for --format onnx (head-only adaptation at one learning rate) "
-                          f"one of {allowed}; Meta-SGD's learned rates: --format torchscript")
-    if checkpoint.model not in ("mlp", "conv4"):
-        raise ConfigError("checkpoint model", checkpoint.model, "one of ['conv4', 'mlp']")
+    checkpoint, model = head_only_model(checkpoint, "onnx")
     ort = _onnxruntime()
-    model = checkpoint.learner().model
-    model.load_state_dict({k: v.float() for k, v in checkpoint.params.items()
-                           if not k.startswith("inner_lr.")})
     model.eval()  # no effect on EpisodeBatchNorm2d: it always uses the batch's statistics
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from torch import nn
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from . import tflite_device
-from .export import GRADIENT_LEARNERS, input_shape
+from .export import head_only_model, input_shape
 
 INFO, SCRIPT = "meta_model.json", "adapt_tflite.py"
 SIGNATURES = ("support", "query")
@@ -91,23 +91,12 @@ def export_tflite(checkpoint: Checkpoint | str | Path, out: str | Path, support:
                   query: int) -> dict[str, Any]:
     """Write the LiteRT body (``support`` and ``query`` batch signatures), the meta-learned
     head and the device script to ``out``; return the description (``meta_model.json``)."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = Checkpoint.load(checkpoint)
-    allowed = [a for a in GRADIENT_LEARNERS if a != "metasgd"]
-    if checkpoint.algorithm not in allowed:
-        raise ConfigError("checkpoint algorithm", checkpoint.algorithm,
-                          f"for --format tflite (head-only adaptation at one learning rate) "
-                          f"one of {allowed}; Meta-SGD's learned rates: --format torchscript")
-    if checkpoint.model not in ("mlp", "conv4"):
-        raise ConfigError("checkpoint model", checkpoint.model, "one of ['conv4', 'mlp']")
+    checkpoint, model = head_only_model(checkpoint, "tflite")
     for name, size in (("--support", support), ("--query", query)):
         if size < 2:
             raise ConfigError(name, size, "an integer >= 2 (batch-norm takes the batch's "
                                           "statistics)")
     _litert_torch()
-    model = checkpoint.learner().model
-    model.load_state_dict({k: v.float() for k, v in checkpoint.params.items()
-                           if not k.startswith("inner_lr.")})
     model.eval()  # no effect on EpisodeBatchNorm2d: it always uses the batch's statistics
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
