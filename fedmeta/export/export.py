@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
@@ -54,6 +55,27 @@ def head_only_model(checkpoint: Checkpoint | str | Path, fmt: str
     model.load_state_dict({k: v.float() for k, v in checkpoint.params.items()
                            if not k.startswith(LR_PREFIX)})
     return checkpoint, model
+
+
+def write_head(out: Path, name: str, checkpoint: Checkpoint, head: torch.nn.Linear
+               ) -> dict[str, Any]:
+    """Save the meta-learned head and its adaptation settings (``out / name``, npz) for a
+    head-only device script; return the description fields every such export shares."""
+    weight, bias = head.weight.detach(), head.bias.detach()
+    kwargs = checkpoint.learner_kwargs
+    lr = float(kwargs.get("inner_lr", 0.4))
+    steps = int(kwargs.get("eval_steps") or kwargs.get("inner_steps", 1))
+    np.savez(out / name, weight=weight.numpy(), bias=bias.numpy(), lr=np.float32(lr),
+             steps=np.int64(steps))
+    return {"algorithm": checkpoint.algorithm, "model": checkpoint.model,
+            "model_kwargs": checkpoint.model_kwargs, "task": checkpoint.task,
+            "input_shape": list(input_shape(checkpoint)), "feature_size": int(weight.shape[1]),
+            "labels": "float32 targets, shape (n, outputs)" if checkpoint.model == "mlp"
+            else "int64 class indices, shape (n,)",
+            "exact_for": "anil" if checkpoint.algorithm == "anil" else
+            f"anil (this {checkpoint.algorithm} meta-model was trained to adapt every "
+            f"layer; head-only adaptation is an approximation of its adaptation)",
+            "adaptation_steps": steps, "inner_lr": lr}
 
 
 def meta_model(checkpoint: Checkpoint) -> MetaModel:

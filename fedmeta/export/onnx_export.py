@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from . import onnx_device
-from .export import head_only_model, input_shape
+from .export import head_only_model, input_shape, write_head
 
 INFO, SCRIPT = "meta_model.json", "adapt_onnx.py"
 OPSET = 20
@@ -97,25 +97,13 @@ def export_onnx(checkpoint: Checkpoint | str | Path, out: str | Path) -> dict[st
     _save(LinearHead(), (features, weight, bias), ({0: batch}, None, None),
           out / onnx_device.HEAD)
     _check(out / onnx_device.HEAD, (features, weight, bias), expected_out, ort)
-    kwargs = checkpoint.learner_kwargs
-    lr = float(kwargs.get("inner_lr", 0.4))
-    steps = int(kwargs.get("eval_steps") or kwargs.get("inner_steps", 1))
-    np.savez(out / onnx_device.HEAD_WEIGHTS, weight=weight.numpy(), bias=bias.numpy(),
-             lr=np.float32(lr), steps=np.int64(steps))
+    head = write_head(out, onnx_device.HEAD_WEIGHTS, checkpoint, model.head)
     shutil.copyfile(onnx_device.__file__, out / SCRIPT)
     info = {"format": "fedmeta-edge-onnx/1", "body": onnx_device.BODY,
             "head": onnx_device.HEAD, "head_weights": onnx_device.HEAD_WEIGHTS,
-            "opset": OPSET, "algorithm": checkpoint.algorithm, "model": checkpoint.model,
-            "model_kwargs": checkpoint.model_kwargs, "task": checkpoint.task,
-            "input_shape": list(shape), "feature_size": int(features.shape[1]),
-            "labels": "float32 targets, shape (n, outputs)" if checkpoint.model == "mlp"
-            else "int64 class indices, shape (n,)",
+            "opset": OPSET, **head, "min_batch": 2,
             "adaptation": "head only (ANIL): the support features are computed once by "
                           "body.onnx, then numpy SGD steps on the head",
-            "exact_for": "anil" if checkpoint.algorithm == "anil" else
-            f"anil (this {checkpoint.algorithm} meta-model was trained to adapt every "
-            f"layer; head-only adaptation is an approximation of its adaptation)",
-            "adaptation_steps": steps, "inner_lr": lr, "min_batch": 2,
             "call": "python adapt_onnx.py <this folder> episode.npz predictions.npy; or "
                     "HeadAdapter(folder).adapt(support_x, support_y); .predict(query_x)",
             "bytes": {name: (out / name).stat().st_size for name in

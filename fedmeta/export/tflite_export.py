@@ -36,7 +36,7 @@ from torch import nn
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError, DataError
 from . import tflite_device
-from .export import head_only_model, input_shape
+from .export import head_only_model, input_shape, write_head
 
 INFO, SCRIPT = "meta_model.json", "adapt_tflite.py"
 SIGNATURES = ("support", "query")
@@ -105,27 +105,14 @@ def export_tflite(checkpoint: Checkpoint | str | Path, out: str | Path, support:
               for name, n in zip(SIGNATURES, (support, query))}
     _convert(model.body, probes, out / tflite_device.BODY)
     _check(out / tflite_device.BODY, probes, model.body)
-    weight, bias = model.head.weight.detach(), model.head.bias.detach()
-    kwargs = checkpoint.learner_kwargs
-    lr = float(kwargs.get("inner_lr", 0.4))
-    steps = int(kwargs.get("eval_steps") or kwargs.get("inner_steps", 1))
-    np.savez(out / tflite_device.HEAD_WEIGHTS, weight=weight.numpy(), bias=bias.numpy(),
-             lr=np.float32(lr), steps=np.int64(steps))
+    head = write_head(out, tflite_device.HEAD_WEIGHTS, checkpoint, model.head)
     shutil.copyfile(tflite_device.__file__, out / SCRIPT)
     info = {"format": "fedmeta-edge-tflite/1", "body": tflite_device.BODY,
             "head_weights": tflite_device.HEAD_WEIGHTS, "signatures": {
                 name: [int(n), *shape] for name, n in zip(SIGNATURES, (support, query))},
-            "algorithm": checkpoint.algorithm, "model": checkpoint.model,
-            "model_kwargs": checkpoint.model_kwargs, "task": checkpoint.task,
-            "input_shape": list(shape), "feature_size": int(weight.shape[1]),
-            "labels": "float32 targets, shape (n, outputs)" if checkpoint.model == "mlp"
-            else "int64 class indices, shape (n,)",
+            **head,
             "adaptation": "head only (ANIL): the support features are computed once by "
                           "body.tflite's support signature, then numpy SGD steps on the head",
-            "exact_for": "anil" if checkpoint.algorithm == "anil" else
-            f"anil (this {checkpoint.algorithm} meta-model was trained to adapt every "
-            f"layer; head-only adaptation is an approximation of its adaptation)",
-            "adaptation_steps": steps, "inner_lr": lr,
             "call": "python adapt_tflite.py <this folder> episode.npz predictions.npy; or "
                     "HeadAdapter(folder).adapt(support_x, support_y); .predict(query_x)",
             "bytes": {name: (out / name).stat().st_size for name in
