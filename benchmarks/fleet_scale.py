@@ -22,7 +22,8 @@ timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
 
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
                                      [--rounds 4] [--dispatch indexed flower]
-                                     [--fraction 0.1]
+                                     [--fraction 0.1] [--worker-queue 2] [--meta-batch 0]
+                                     [--repeat 1] [--keep]
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ import numpy as np
 import psutil
 import torch
 
-from fedmeta.config import DISPATCHES
+from fedmeta.config import DISPATCHES, SimulationConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
+QUEUE = SimulationConfig().worker_queue
 
 
 def per_round(size: int, fraction: float) -> int:
@@ -57,21 +59,23 @@ def per_round(size: int, fraction: float) -> int:
 
 
 def fleet_config(task: str, size: int, rounds: int, dispatch: str,
-                 fraction: float = 0.1) -> dict[str, Any]:
+                 fraction: float = 0.1, queue: int = QUEUE, meta_batch: int = 0
+                 ) -> dict[str, Any]:
     """A fleet of ``size`` devices, ``per_round(size, fraction)`` sampled per round,
     evaluation only at round 0 and after the last; Flower's engine pumping messages by
-    ``dispatch``."""
+    ``dispatch``, each Ray worker holding ``queue`` messages; ``meta_batch`` episodes a
+    local step (0: the task's default, 10 for the sinusoid, 4 for Omniglot)."""
     federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
                   "fraction_train": 0.0, "min_train_devices": per_round(size, fraction),
-                  "eval_every": rounds, "eval_episodes": 5, "meta_batch": 10}
+                  "eval_every": rounds, "eval_episodes": 5, "meta_batch": meta_batch or 10}
     config: dict[str, Any] = {"federation": federation,
                               "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1,
-                                             "dispatch": dispatch}}
+                                             "dispatch": dispatch, "worker_queue": queue}}
     if task == "omniglot":
         config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
                           "partition": "sampled", "device_classes": 10,
                           "data_dir": os.environ.get("FEDMETA_OMNIGLOT_DIR", "")}
-        federation.update(meta_batch=4, algorithm="fedmeta-maml")
+        federation.update(meta_batch=meta_batch or 4, algorithm="fedmeta-maml")
         config["meta"] = {"inner_lr": 0.4, "inner_steps": 1, "eval_steps": 1}
     return config
 
@@ -144,6 +148,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     from fedmeta.app import client_app
     from fedmeta.app.server_app import run_federation
     from fedmeta.app.dispatch import message_pump
+    from fedmeta.app.worker_queue import queued_workers, worker_queue
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
     cfg = as_config(config)
@@ -158,7 +163,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
 
     start, load = time.perf_counter(), os.getloadavg()[0]
     with TreeMemory() as memory, _flower_logs(False), \
-            message_pump(cfg.simulation.dispatch) as nodes:
+            message_pump(cfg.simulation.dispatch) as nodes, queued_workers(worker_queue(cfg)):
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend_config(cfg.simulation, False))
@@ -217,23 +222,37 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
     return out
 
 
-def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1
-        ) -> dict[str, Any]:
-    """Measure one task, fleet size and dispatch (run in a fresh process by ``main``)."""
-    config = fleet_config(task, size, rounds, dispatch, fraction)
+def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
+        queue: int = QUEUE, meta_batch: int = 0) -> dict[str, Any]:
+    """Measure one task, fleet size, dispatch and queue (run in a fresh process by ``main``)."""
+    config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch)
     count = per_round(size, fraction)
+    before = steal_and_total()
     ray_run = run_on_ray(config)
+    after = steal_and_total()
+    steal = (after[0] - before[0]) / max(after[1] - before[1], 1)
     steady = {int(r): s for r, s in ray_run["round_s"].items()}
     meta = meta_learning_seconds(config, sorted(steady))
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
-            "rounds": rounds,
+            "rounds": rounds, "worker_queue": queue,
+            "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
             **ray_run, "round_s": statistics.median(steady.values()),
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
             "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * count),
             "overhead_share": statistics.median(shares)}
+
+
+def steal_and_total() -> tuple[int, int]:
+    """The host's CPU time stolen by the hypervisor and its CPU time in all (jiffies, from
+    /proc/stat; zeros elsewhere): a virtual machine's cores run slower while stolen."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def write(results: list[dict[str, Any]], started: str) -> None:
@@ -255,26 +274,40 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "whenever one is stored). Rows with a load column: the server took the nodes' "
              "partitions from the engine (`fedmeta.app.dispatch.EngineNodes`) instead of "
              "asking each node, and the load column is the host's 1-minute load average at "
-             "the run's start and end (2 cores; the host was shared).", "",
-             "| task | devices | dispatch | per round | Ray workers | start-up s | round 1 s | "
-             "round s (median) | device meta-learning ms | overhead share | peak RSS tree MB "
-             "| driver MB | largest worker MB | wall s | CPU s workers / others | load |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "the run's start and end (2 cores; the host was shared). Queue: messages a Ray "
+             "worker holds at once (`simulation.worker_queue`, fedmeta/app/worker_queue.py; "
+             "1 is Flower's pool, as in every row without a steal column). Rows of several "
+             "runs (`--repeat`, the queues interleaved): the median run's times, every run's "
+             "overhead share in brackets. Steal: the share of the host's CPU time the "
+             "hypervisor took during the runs (a virtual machine's cores are slower then).", "",
+             "| task | devices | dispatch | queue | meta-batch | per round | Ray workers | "
+             "start-up s | round 1 s | round s (median) | device meta-learning ms | "
+             "overhead share | peak RSS tree MB | driver MB | largest worker MB | wall s | "
+             "CPU s workers / others | load | steal |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             "---:|---|---:|"]
     for r in results:
+        steal = f"{100 * r['steal_share']:.0f}%" if "steal_share" in r else ""
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
-                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||")
+                         f"{r.get('worker_queue', 1)} | {r.get('meta_batch', '?')} | "
+                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||")
             continue
+        runs = r.get("overhead_runs", [])
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
+            f"{r.get('worker_queue', 1)} | {meta_batch_of(r)} | "
             f"{r['per_round']} | {r['ray_workers']} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
-            f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}% | "
+            f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}%"
+            f"{' [' + ', '.join(f'{100 * x:.0f}' for x in runs) + ']' if len(runs) > 1 else ''}"
+            f" | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
             f"{r.get('cpu_s_workers', float('nan')):.0f} / "
             f"{r.get('cpu_s_others', float('nan')):.0f} | "
-            f"{'-'.join(str(x) for x in r.get('load', [])) or '?'} |")
+            f"{'-'.join(str(x) for x in r.get('load', [])) or '?'} | "
+            f"{steal} |")
     lines += ["", "Rerun: `python benchmarks/fleet_scale.py` (see its docstring for options).",
               ""]
     (RESULTS / "fleet_scale.md").write_text("\n".join(lines))
@@ -297,41 +330,75 @@ def main() -> None:
                         help="share of the fleet sampled per round")
     parser.add_argument("--dispatch", nargs="+", default=list(DISPATCHES), choices=DISPATCHES,
                         help="message pumps to compare (simulation.dispatch)")
+    parser.add_argument("--worker-queue", type=int, nargs="+", default=[QUEUE],
+                        help="messages a Ray worker holds at once, to compare "
+                             "(simulation.worker_queue; 1: Flower's pool)")
+    parser.add_argument("--meta-batch", type=int, default=0,
+                        help="episodes per local step (0: 10 for the sinusoid, 4 for "
+                             "Omniglot); fewer make a device's learning shorter")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each row, the rows interleaved run by run")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the recorded rows of task, size and dispatch not measured now")
+                        help="keep the recorded rows not measured now")
     parser.add_argument("--one", nargs=3, metavar=("TASK", "SIZE", "DISPATCH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2],
-                             args.fraction)))
+                             args.fraction, args.worker_queue[0], args.meta_batch)))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
-    measured = {(t, s, d) for t in args.tasks for s in args.sizes for d in args.dispatch}
+    keys = sorted(((t, s, d, q) for t in args.tasks for s in args.sizes for d in args.dispatch
+                   for q in args.worker_queue), key=lambda k: (k[0], k[1], k[2] != "flower", k[3]))
+    measured = {row_key({"task": t, "devices": s, "dispatch": d, "worker_queue": q,
+                         "meta_batch": args.meta_batch or None}) for t, s, d, q in keys}
     previous = RESULTS / "fleet_scale.json"
     if args.keep and previous.exists():
         old = json.loads(previous.read_text())
         results = [dict(r, started=r.get("started", old["started"]))
                    for r in old["results"] if row_key(r) not in measured]
-    for task, size, dispatch in sorted(measured, key=lambda k: (k[0], k[1], k[2] != "flower")):
-        proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
-                               "--rounds", str(args.rounds), "--fraction",
-                               str(args.fraction)], capture_output=True, text=True)
-        if proc.returncode == 0:
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        else:
-            results.append({"task": task, "devices": size, "dispatch": dispatch,
-                            "per_round": per_round(size, args.fraction),
-                            "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]})
-        print(json.dumps(results[-1]), flush=True)
-        results[-1]["started"] = started
-        write(sorted(results, key=row_key), started)
+    runs: dict[tuple[str, int, str, int], list[dict[str, Any]]] = {k: [] for k in keys}
+    for _ in range(args.repeat):
+        for task, size, dispatch, queue in keys:
+            proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
+                                   "--rounds", str(args.rounds), "--fraction",
+                                   str(args.fraction), "--worker-queue", str(queue),
+                                   "--meta-batch", str(args.meta_batch)],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                run = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:
+                run = {"task": task, "devices": size, "dispatch": dispatch,
+                       "worker_queue": queue, "per_round": per_round(size, args.fraction),
+                       "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+            print(json.dumps(run), flush=True)
+            runs[(task, size, dispatch, queue)].append(run)
+        done = [median_run(r) for r in runs.values() if r]
+        write(sorted(results + [dict(r, started=started) for r in done], key=row_key), started)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, int, str]:
-    """A row's task, fleet size and dispatch (rows recorded before dispatch: Flower's)."""
-    return row["task"], row["devices"], row.get("dispatch", "flower")
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median overhead share (a failed run, if any failed), with every run's
+    share."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["overhead_share"])
+    return dict(ordered[(len(ordered) - 1) // 2],
+                overhead_runs=[r["overhead_share"] for r in runs])
+
+
+def meta_batch_of(row: dict[str, Any]) -> int:
+    """A row's episodes per local step (rows recorded before the option: the defaults)."""
+    return row.get("meta_batch") or (4 if row["task"] == "omniglot" else 10)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int]:
+    """A row's task, fleet size, dispatch, queue and meta-batch (rows recorded before these
+    were options: Flower's pump, one message a worker, the task's meta-batch)."""
+    return (row["task"], row["devices"], row.get("dispatch", "flower"),
+            row.get("worker_queue", 1), meta_batch_of(row))
 
 
 if __name__ == "__main__":

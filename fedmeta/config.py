@@ -193,7 +193,9 @@ class SimulationConfig:
     """Resources of the Ray simulation: per device, and for the whole of Ray (0: all);
     ``dispatch``: how Flower's engine pumps messages to devices (``fedmeta.app.dispatch``:
     ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll).
-    ``ray_address``: join that running Ray cluster (``auto``, ``host:port`` or
+    ``worker_queue``: messages a Ray worker holds at once, the next queued while it computes
+    one (``fedmeta.app.worker_queue``; 1: Flower's pool, one at a time; runs with hanging
+    devices use 1 whatever is set). ``ray_address``: join that running Ray cluster (``auto``, ``host:port`` or
     ``ray://host:port``; docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then
     does not apply (the cluster's nodes have their own)."""
 
@@ -201,6 +203,7 @@ class SimulationConfig:
     num_gpus: float = 0.0
     ray_cpus: int = 0
     dispatch: str = "indexed"
+    worker_queue: int = 2
     ray_address: str = ""
 
 
@@ -391,6 +394,7 @@ MAXIMA: dict[str, int | float] = {
     "federation.krum_malicious": 10_000, "federation.krum_select": 10_000,
     "faults.hang_extra_s": 24 * 3600.0, "faults.byzantine_factor": 1e6,
     "simulation.num_cpus": 1_024, "simulation.num_gpus": 64, "simulation.ray_cpus": 4_096,
+    "simulation.worker_queue": 64,
     "privacy.secagg_shares": 10_000, "fleet.deadline_s": 1e9,
     "federation.discovery_timeout": 7 * 24 * 3600.0, "task.min_device_images": 10_000_000,
 }
@@ -737,6 +741,9 @@ def _check_simulation(s: SimulationConfig) -> None:
                           "an integer >= 0 (0: every CPU of this machine)")
     if s.dispatch not in DISPATCHES:
         raise ConfigError("simulation.dispatch", s.dispatch, f"one of {list(DISPATCHES)}")
+    if s.worker_queue < 1:
+        raise ConfigError("simulation.worker_queue", s.worker_queue,
+                          "an integer >= 1 (messages a Ray worker holds at once)")
     if s.ray_address and not (s.ray_address == "auto" or _host_port(s.ray_address)):
         raise ConfigError("simulation.ray_address", s.ray_address,
                           "empty (start a local Ray), auto, host:port or ray://host:port "

@@ -1,7 +1,8 @@
 """End to end on Flower's simulation engine (Ray): ``fedmeta run`` writes every output,
-``fedmeta.simulate`` gives the same table, byte for byte (under Flower's own message pump,
-the CLI under fedmeta's indexed one), and Ray is shut down after each run; ``flwr run .``
-runs the same app on a local SuperLink."""
+``fedmeta.simulate`` gives the same table, byte for byte (under Flower's own message pump and
+pool, two Ray workers holding one message each; the CLI under fedmeta's indexed pump, one
+worker holding two, ``simulation.worker_queue``), and Ray is shut down after each run;
+``flwr run .`` runs the same app on a local SuperLink."""
 
 from __future__ import annotations
 
@@ -39,21 +40,22 @@ TINY_RUN_CONFIG = ("federation.num_devices=4 federation.num_held_out=1 federatio
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
     """The tiny config run twice: by the CLI (a subprocess, ``simulation.dispatch``'s
-    default pump) and by ``fedmeta.simulate`` (Flower's pump)."""
+    default pump, one Ray worker with two messages queued) and by ``fedmeta.simulate``
+    (Flower's pump and pool, two workers)."""
     import ray
 
     import fedmeta
 
     folder = tmp_path_factory.mktemp("runs")
     config = folder / "tiny.toml"
-    config.write_text(TINY)
+    config.write_text(TINY.replace("ray_cpus = 2", "ray_cpus = 1"))
     cli = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--config", str(config),
                           "--out", str(folder / "cli"), "--no-progress"],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "post-adaptation MSE" in cli.stdout
     flower_pump = folder / "tiny_flower_pump.toml"
-    flower_pump.write_text(TINY + 'dispatch = "flower"\n')
+    flower_pump.write_text(TINY + 'dispatch = "flower"\nworker_queue = 1\n')
     frame = fedmeta.simulate(flower_pump, folder / "api", progress=False)
     assert not ray.is_initialized()  # shut down after the run
     return folder / "cli", folder / "api", frame

@@ -34,6 +34,7 @@ from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app, cluster
 from .dispatch import message_pump
+from .worker_queue import queued_workers, worker_queue
 from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
 from .server_app import check_resumable, run_federation
@@ -152,7 +153,8 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
     try:
         if cfg.simulation.ray_address:
             cluster.connect(cfg, verbose)
-        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes:
+        with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes, \
+                queued_workers(worker_queue(cfg)):
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:

@@ -1,0 +1,90 @@
+"""Ray workers that hold their next message while they compute the current one.
+
+Flower's Ray backend (``RayBackend`` over a ``BasicActorPool``) gives a worker (a Ray actor)
+one message at a time: the next one is submitted only after the reply has come back to the
+driver, so between two messages the worker waits for a round trip through the driver (the
+result fetched and deserialised, the reply handed on, the next message taken from the queue,
+serialised and submitted). Profiled on a 2-core host with 100 small devices a round, that
+wait was 5-7% of a worker's time (docs/scale.md).
+
+``queued_workers(depth)`` gives each actor ``depth`` slots in Flower's pool, and the engine
+one worker thread per slot: while an actor computes one message, the next is already queued
+on it, and Ray runs an actor's messages one after another. Each message still runs alone in
+its actor with its own node's context, so what a device computes is unchanged. A message
+queued behind a slow one waits for it, where Flower's pool would hand it to the first actor
+that frees up; ``simulate`` therefore keeps one slot when faults make devices hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend.backend import Backend
+from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+from ..config import Config
+
+
+class QueuedBackend(Backend):
+    """Flower's ``RayBackend`` with ``depth`` slots per actor."""
+
+    def __init__(self, backend: RayBackend, depth: int) -> None:
+        self.backend, self.depth = backend, depth
+        self.actors: list[Any] = []
+
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        self.backend.build(app_fn)
+        pool = self.backend.pool
+        self.actors = list(pool.pool)  # all idle right after the build
+        pool.pool = self.actors * self.depth  # interleaved: a, b, a, b
+        pool.num_actors = len(pool.pool)
+
+    @property
+    def num_workers(self) -> int:
+        return self.backend.num_workers
+
+    def is_worker_idle(self) -> bool:
+        return self.backend.is_worker_idle()
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        return self.backend.process_message(message, context)
+
+    def terminate(self) -> None:
+        pool = self.backend.pool
+        if pool is not None:  # each actor once (Flower's terminate asks each entry to exit)
+            pool.pool, pool.num_actors = list(self.actors), len(self.actors)
+        self.backend.terminate()
+
+
+def worker_queue(cfg: Config) -> int:
+    """The run's messages per Ray worker: ``simulation.worker_queue``, or 1 when devices may
+    hang (a message queued behind a hanging one would miss the round's timeout with it)."""
+    return 1 if cfg.faults.hang > 0 else cfg.simulation.worker_queue
+
+
+@contextmanager
+def queued_workers(depth: int) -> Iterator[None]:
+    """Run the simulation engine started inside with ``depth`` messages per Ray worker
+    (1: Flower's pool, untouched). Another backend than Flower's Ray one is left as it is."""
+    if depth < 1:
+        raise ValueError(f"depth {depth}: at least 1")
+    run_api = vce_api.run_api
+
+    def running(app_fn: Callable[[], ClientApp], backend_fn: Callable[[], Backend],
+                *args: object, **kwargs: object) -> None:
+        def queued() -> Backend:
+            backend = backend_fn()
+            return QueuedBackend(backend, depth) if type(backend) is RayBackend else backend
+        run_api(app_fn, queued, *args, **kwargs)
+
+    if depth > 1:
+        vce_api.run_api = running
+    try:
+        yield
+    finally:
+        vce_api.run_api = run_api

@@ -1,0 +1,97 @@
+"""Ray workers that hold their next message (``fedmeta.app.worker_queue``): each actor gets
+``depth`` slots in Flower's pool and the engine one worker thread per slot, each actor is
+asked to exit once, Flower's pool is untouched at depth 1 and outside the context, and
+devices that may hang keep one slot. That a queued run computes what Flower's pool does,
+byte for byte, is checked end to end in tests/test_federated_run.py (one Ray worker with
+two slots against two workers with one)."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.server.superlink.fleet.vce import vce_api
+
+from fedmeta.app import worker_queue
+from fedmeta.app.worker_queue import QueuedBackend, queued_workers
+from fedmeta.config import Config, FaultsConfig, SimulationConfig, from_flat
+from fedmeta.errors import ConfigError
+
+
+class _Pool:
+    """The part of Flower's ``BasicActorPool`` the backend touches."""
+
+    def __init__(self, actors: list[str]) -> None:
+        self.pool, self.num_actors = list(actors), len(actors)
+        self.terminated: list[str] = []
+
+    def terminate_all_actors(self) -> None:
+        self.terminated = list(self.pool)
+
+
+class _RayBackend:
+    """Flower's ``RayBackend`` as far as ``QueuedBackend`` uses it."""
+
+    def __init__(self, actors: list[str]) -> None:
+        self.actors, self.pool = actors, None
+
+    def build(self, app_fn: object) -> None:
+        self.pool = _Pool(self.actors)
+
+    @property
+    def num_workers(self) -> int:
+        return self.pool.num_actors
+
+    def is_worker_idle(self) -> bool:
+        return bool(self.pool.pool)
+
+    def process_message(self, message: object, context: object) -> tuple[object, object]:
+        return message, context
+
+    def terminate(self) -> None:
+        self.pool.terminate_all_actors()
+
+
+def test_each_actor_gets_depth_slots_and_is_asked_to_exit_once() -> None:
+    inner = _RayBackend(["a", "b"])
+    backend = QueuedBackend(inner, 3)
+    backend.build(lambda: None)
+    assert backend.num_workers == 6  # the engine starts a worker thread per slot
+    assert inner.pool.pool == ["a", "b"] * 3  # interleaved: both actors busy first
+    taken = [inner.pool.pool.pop() for _ in range(4)]
+    assert sorted(taken) == ["a", "a", "b", "b"] and backend.is_worker_idle()
+    assert backend.process_message("m", "c") == ("m", "c")
+    backend.terminate()
+    assert inner.pool.terminated == ["a", "b"]
+
+
+def test_flowers_pool_is_untouched_at_depth_one_and_outside(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    monkeypatch.setattr(vce_api, "run_api",
+                        lambda app_fn, backend_fn, *rest: seen.append(backend_fn()))
+    flower = vce_api.run_api
+    monkeypatch.setattr(worker_queue, "RayBackend", _RayBackend)
+    with queued_workers(1):
+        assert vce_api.run_api is flower
+    with pytest.raises(RuntimeError):
+        with queued_workers(2):
+            vce_api.run_api(None, lambda: _RayBackend(["a"]))
+            vce_api.run_api(None, lambda: "another backend")
+            raise RuntimeError("the run failed")
+    assert vce_api.run_api is flower
+    assert isinstance(seen[0], QueuedBackend) and seen[0].depth == 2
+    assert seen[1] == "another backend"
+    with pytest.raises(ValueError, match="at least 1"):
+        with queued_workers(0):
+            pass
+
+
+def test_devices_that_may_hang_keep_one_slot() -> None:
+    assert worker_queue.worker_queue(Config()) == 2
+    cfg = Config(simulation=SimulationConfig(worker_queue=4), faults=FaultsConfig(hang=0.1))
+    assert worker_queue.worker_queue(cfg) == 1
+
+
+@pytest.mark.parametrize("value", [0, -1, 65])
+def test_a_bad_worker_queue_is_refused(value: int) -> None:
+    with pytest.raises(ConfigError, match="simulation.worker_queue"):
+        from_flat({"simulation.worker_queue": value})
