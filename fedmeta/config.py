@@ -272,10 +272,14 @@ class FleetConfig:
     ``policy``: ``partial`` (devices shrink their work to fit), ``drop`` (late replies are
     dropped) or ``wait`` (the round waits for the slowest); ``fallback``: what second-order
     MAML becomes where it does not fit memory; ``compression`` of updates (``topk`` keeps
-    ``topk_fraction`` of the entries). ``trace_capacity`` and ``trace_behaviour``: FedScale's
-    measured ``client_device_capacity`` (per-device compute latency and bandwidth, replacing
-    the tiers' rates) and ``client_behave_trace`` (availability windows on the simulated
-    clock, replacing the tiers' availability) pickles (``fedmeta.fleet.traces``).
+    ``topk_fraction`` of the entries). ``trace_capacity``: FedScale's measured
+    ``client_device_capacity`` pickle (per-device compute latency and bandwidth, replacing
+    the tiers' rates; ``fedmeta.fleet.traces``). ``trace_behaviour``: availability windows on
+    the simulated clock, replacing the tiers' availability: FedScale's
+    ``client_behave_trace`` pickle, or (a path ending in ``.csv``) FLGo's ``pings.csv``
+    (``fedmeta.fleet.flgo``). ``trace_network``: an Ookla Speedtest CSV or a folder of them
+    (FLGo's network trace): per-device upload and download rates, over the tiers' and
+    ``trace_capacity``'s.
     """
 
     tiers: str = ""
@@ -287,6 +291,7 @@ class FleetConfig:
     topk_fraction: float = 0.01
     trace_capacity: str = ""
     trace_behaviour: str = ""
+    trace_network: str = ""
 
 
 @dataclass
@@ -887,7 +892,8 @@ def _check_fleet(cfg: Config) -> None:
     if not 0.0 < f.topk_fraction <= 1.0:
         raise ConfigError("fleet.topk_fraction", f.topk_fraction, "a number in (0, 1]")
     if not fleet_module.enabled(cfg):
-        if f.compression != "none" or f.deadline_s or f.trace_capacity or f.trace_behaviour:
+        if f.compression != "none" or f.deadline_s or f.trace_capacity or f.trace_behaviour \
+                or f.trace_network:
             raise ConfigError("fleet.tiers", f.tiers, "tiers of devices, e.g. "
                               "\"raspberry-pi-4:0.5:0.2, phone:0.5:0.3\", for a deadline, "
                               "compression or device traces (the tiers give the memory and "

@@ -63,7 +63,7 @@ def _report(needs_omniglot: bool, data_dir: str, files: dict[str, str]) -> dict[
     from fedmeta.tasks.omniglot import resolve_zips
 
     data = [f"no file {path} ({field})" for field, path in files.items()
-            if not os.path.isfile(path)]
+            if not os.path.exists(path)]  # a file, or trace_network's folder
     if needs_omniglot:
         try:
             resolve_zips(data_dir or None)
@@ -77,7 +77,8 @@ def node_files(cfg: Config) -> dict[str, str]:
     f = cfg.fleet
     return {f"fleet.{name}": path for name, path in (
         ("profiles_file", f.profiles_file), ("trace_capacity", f.trace_capacity),
-        ("trace_behaviour", f.trace_behaviour)) if path and f.tiers.strip()}
+        ("trace_behaviour", f.trace_behaviour), ("trace_network", f.trace_network))
+        if path and f.tiers.strip()}
 
 
 def check_nodes(cfg: Config) -> None:

@@ -3,8 +3,9 @@
 Pure (no Flower): ``fedmeta.app`` asks it which devices train in a round and what each
 does, and records its simulated times. Start with ``FleetRun.from_config``; the parts:
 ``profiles`` (built-in hardware), ``fleet`` (tiers sampled from the seed), ``availability``
-(trace files), ``cost`` (FLOPs and memory per algorithm and model), ``plan`` (the local
-plan under a deadline), ``compression`` (update encodings) and ``run`` (the clock).
+(trace files), ``traces`` and ``flgo`` (FedScale's and FLGo's measured traces), ``cost``
+(FLOPs and memory per algorithm and model), ``plan`` (the local plan under a deadline),
+``compression`` (update encodings) and ``run`` (the clock).
 """
 
 from .compression import COMPRESSIONS, encoded_bytes, roundtrip

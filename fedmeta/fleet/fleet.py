@@ -5,9 +5,9 @@ each device's FLOP/s and link rates multiplied by its own log-normal factors
 ``exp(spread * z)``, ``z ~ N(0, 1)`` (median 1; ``spread=0``: all alike). ``availability``
 overrides the profile's: a probability, or the path of a trace file (``availability.py``).
 Tier sizes are the shares rounded by largest remainder; which device gets which tier is a
-seeded permutation, so the tiers are spread over partitions. Measured FedScale traces
-(``traces.py``, ``with_traces``) then replace what they measure: compute and link rates, and
-availability on the simulated clock.
+seeded permutation, so the tiers are spread over partitions. Measured FedScale and FLGo
+traces (``traces.py``, ``flgo.py``, ``with_traces``) then replace what they measure: compute
+and link rates, and availability on the simulated clock.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .availability import load_trace
+from .flgo import Network
 from .profiles import DeviceProfile
 from .traces import Behaviour, Capacity, trace_clients
 
@@ -124,17 +125,22 @@ class Fleet:
         return len(self.tier)
 
     def with_traces(self, capacity: Capacity | None, behaviour: Behaviour | None,
-                    forward_flops: float) -> Fleet:
-        """This fleet with device ``d`` taking the ``d mod n``-th client of FedScale traces
-        (``traces.py``): from ``capacity``, FLOP/s ``forward_flops / latency`` (one forward
-        pass of one example of the run's model takes the measured latency) and both link
-        rates the measured bandwidth; from ``behaviour``, its availability windows."""
+                    forward_flops: float, network: Network | None = None) -> Fleet:
+        """This fleet with device ``d`` taking the ``d mod n``-th client of each trace
+        (``traces.py``, ``flgo.py``): from ``capacity``, FLOP/s ``forward_flops / latency``
+        (one forward pass of one example of the run's model takes the measured latency) and
+        both link rates the measured bandwidth; from ``behaviour``, its availability
+        windows; from ``network``, its uplink and downlink rates (over ``capacity``'s)."""
         changes: dict[str, object] = {"behaviour": behaviour}
         if capacity is not None:
             client = trace_clients(len(self), len(capacity))
             mbps = capacity.communication_kbps[client] / 1000.0
             changes.update(flops=forward_flops / (capacity.computation_ms[client] / 1000.0),
                            uplink_mbps=mbps, downlink_mbps=mbps.copy())
+        if network is not None:
+            entry = trace_clients(len(self), len(network))
+            changes.update(uplink_mbps=network.up_kbps[entry] / 1000.0,
+                           downlink_mbps=network.down_kbps[entry] / 1000.0)
         return dataclasses.replace(self, **changes)
 
     def profile(self, device: int) -> DeviceProfile:

@@ -28,6 +28,7 @@ from ..tasks.episode import Episode
 from .compression import encoded_bytes, roundtrip
 from .cost import ModelCost
 from .fleet import Fleet, parse_tiers
+from .flgo import load_network, load_pings
 from .plan import LocalPlan, Work, comm_seconds, local_plan
 from .profiles import PROFILES, load_profiles
 from .traces import load_behaviour, load_capacity
@@ -51,12 +52,16 @@ def check(cfg: Any) -> None:
         measured(cfg)
 
 
-def measured(cfg: Any) -> tuple[Any, Any]:
-    """The FedScale capacity and behaviour traces ``cfg.fleet`` names (``None`` where it
-    names none), read once per process."""
+def measured(cfg: Any) -> tuple[Any, Any, Any]:
+    """The capacity, behaviour and network traces ``cfg.fleet`` names (``None`` where it
+    names none), read once per process: a behaviour file ending in ``.csv`` is FLGo's
+    ``pings.csv``, any other FedScale's pickle."""
     f = cfg.fleet
+    behaviour = f.trace_behaviour
+    flgo = behaviour.lower().endswith(".csv")
     return (load_capacity(f.trace_capacity) if f.trace_capacity else None,
-            load_behaviour(f.trace_behaviour) if f.trace_behaviour else None)
+            (load_pings if flgo else load_behaviour)(behaviour) if behaviour else None,
+            load_network(f.trace_network) if f.trace_network else None)
 
 
 @dataclass
@@ -88,7 +93,8 @@ class FleetRun:
             else ModelCost.of(learner.model, tuple(episode.support_x.shape[1:]))
         images = int(episode.support_x.shape[0]) + int(episode.query_x.shape[0])
         per_example = cost.forward / images if cost.per_episode else cost.forward
-        fleet = fleet.with_traces(*measured(cfg), per_example)  # traces: ms per sample
+        capacity, behaviour, network = measured(cfg)
+        fleet = fleet.with_traces(capacity, behaviour, per_example, network)  # ms per sample
         return cls(cfg, fleet, cost, work, [v.numel() for v in learner.init_params().values()])
 
     # -- bytes and plans --------------------------------------------------------------------

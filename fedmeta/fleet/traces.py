@@ -1,5 +1,5 @@
 """Measured device traces in FedScale's formats (``fleet.trace_capacity``,
-``fleet.trace_behaviour``).
+``fleet.trace_behaviour``; a behaviour path ending in ``.csv`` is FLGo's, ``flgo.py``).
 
 FedScale (Lai et al. 2022) ships two pickled dicts, keyed by client id
 (``benchmark/dataset/data/device_info/README.md`` of its repository):
