@@ -23,7 +23,7 @@ timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
                                      [--rounds 4] [--dispatch indexed flower]
                                      [--fraction 0.1] [--worker-queue 2] [--meta-batch 0]
-                                     [--repeat 1] [--keep]
+                                     [--ray-cpus 0] [--repeat 1] [--keep]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import psutil
 import torch
 
 from fedmeta.config import DISPATCHES, SimulationConfig
+from host import cpu_name  # benchmarks/host.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
@@ -59,17 +60,19 @@ def per_round(size: int, fraction: float) -> int:
 
 
 def fleet_config(task: str, size: int, rounds: int, dispatch: str,
-                 fraction: float = 0.1, queue: int = QUEUE, meta_batch: int = 0
-                 ) -> dict[str, Any]:
+                 fraction: float = 0.1, queue: int = QUEUE, meta_batch: int = 0,
+                 ray_cpus: int = 0) -> dict[str, Any]:
     """A fleet of ``size`` devices, ``per_round(size, fraction)`` sampled per round,
     evaluation only at round 0 and after the last; Flower's engine pumping messages by
     ``dispatch``, each Ray worker holding ``queue`` messages; ``meta_batch`` episodes a
-    local step (0: the task's default, 10 for the sinusoid, 4 for Omniglot)."""
+    local step (0: the task's default, 10 for the sinusoid, 4 for Omniglot); ``ray_cpus``
+    CPUs for Ray, one worker each (0: every core)."""
     federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
                   "fraction_train": 0.0, "min_train_devices": per_round(size, fraction),
                   "eval_every": rounds, "eval_episodes": 5, "meta_batch": meta_batch or 10}
     config: dict[str, Any] = {"federation": federation,
-                              "simulation": {"num_cpus": 1, "ray_cpus": os.cpu_count() or 1,
+                              "simulation": {"num_cpus": 1,
+                                             "ray_cpus": ray_cpus or os.cpu_count() or 1,
                                              "dispatch": dispatch, "worker_queue": queue}}
     if task == "omniglot":
         config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
@@ -223,9 +226,9 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
 
 
 def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
-        queue: int = QUEUE, meta_batch: int = 0) -> dict[str, Any]:
+        queue: int = QUEUE, meta_batch: int = 0, ray_cpus: int = 0) -> dict[str, Any]:
     """Measure one task, fleet size, dispatch and queue (run in a fresh process by ``main``)."""
-    config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch)
+    config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch, ray_cpus)
     count = per_round(size, fraction)
     before = steal_and_total()
     ray_run = run_on_ray(config)
@@ -238,6 +241,7 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
             "rounds": rounds, "worker_queue": queue,
             "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
+            "ray_cpus": config["simulation"]["ray_cpus"],
             **ray_run, "round_s": statistics.median(steady.values()),
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
@@ -277,8 +281,8 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "the run's start and end (2 cores; the host was shared). Queue: messages a Ray "
              "worker holds at once (`simulation.worker_queue`, fedmeta/app/worker_queue.py; "
              "1 is Flower's pool, as in every row without a steal column). Rows of several "
-             "runs (`--repeat`, the queues interleaved): the median run's times, every run's "
-             "overhead share in brackets. Steal: the share of the host's CPU time the "
+             "runs (`--repeat`, the queues interleaved): the times of the run of median overhead "
+             "share (of two, the higher), every run's share in brackets. Steal: the share of the host's CPU time the "
              "hypervisor took during the runs (a virtual machine's cores are slower then).", "",
              "| task | devices | dispatch | queue | meta-batch | per round | Ray workers | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms | "
@@ -314,10 +318,10 @@ def write(results: list[dict[str, Any]], started: str) -> None:
 
 
 def host() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB; Python "
             f"{platform.python_version()}, torch {torch.__version__}, "
-            f"load average at start {os.getloadavg()[0]:.1f}")
+            f"load average when written {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -336,6 +340,8 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=0,
                         help="episodes per local step (0: 10 for the sinusoid, 4 for "
                              "Omniglot); fewer make a device's learning shorter")
+    parser.add_argument("--ray-cpus", type=int, default=0,
+                        help="CPUs for Ray, one worker each (0: every core)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each row, the rows interleaved run by run")
     parser.add_argument("--keep", action="store_true",
@@ -345,14 +351,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2],
-                             args.fraction, args.worker_queue[0], args.meta_batch)))
+                             args.fraction, args.worker_queue[0], args.meta_batch,
+                             args.ray_cpus)))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
     keys = sorted(((t, s, d, q) for t in args.tasks for s in args.sizes for d in args.dispatch
                    for q in args.worker_queue), key=lambda k: (k[0], k[1], k[2] != "flower", k[3]))
     measured = {row_key({"task": t, "devices": s, "dispatch": d, "worker_queue": q,
-                         "meta_batch": args.meta_batch or None}) for t, s, d, q in keys}
+                         "meta_batch": args.meta_batch or None,
+                         "ray_cpus": args.ray_cpus or os.cpu_count()}) for t, s, d, q in keys}
     previous = RESULTS / "fleet_scale.json"
     if args.keep and previous.exists():
         old = json.loads(previous.read_text())
@@ -364,7 +372,8 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
                                    "--rounds", str(args.rounds), "--fraction",
                                    str(args.fraction), "--worker-queue", str(queue),
-                                   "--meta-batch", str(args.meta_batch)],
+                                   "--meta-batch", str(args.meta_batch),
+                                   "--ray-cpus", str(args.ray_cpus)],
                                   capture_output=True, text=True)
             if proc.returncode == 0:
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -379,13 +388,13 @@ def main() -> None:
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median overhead share (a failed run, if any failed), with every run's
-    share."""
+    """The run of median overhead share (of two middle ones, the higher), with every run's
+    share; a failed run, if any failed."""
     failed = [r for r in runs if "error" in r]
     if failed:
         return failed[0]
     ordered = sorted(runs, key=lambda r: r["overhead_share"])
-    return dict(ordered[(len(ordered) - 1) // 2],
+    return dict(ordered[len(ordered) // 2],
                 overhead_runs=[r["overhead_share"] for r in runs])
 
 
@@ -394,11 +403,12 @@ def meta_batch_of(row: dict[str, Any]) -> int:
     return row.get("meta_batch") or (4 if row["task"] == "omniglot" else 10)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int]:
-    """A row's task, fleet size, dispatch, queue and meta-batch (rows recorded before these
-    were options: Flower's pump, one message a worker, the task's meta-batch)."""
+def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int, int]:
+    """A row's task, fleet size, dispatch, queue, meta-batch and Ray CPUs (rows recorded
+    before these were options: Flower's pump, one message a worker, the task's meta-batch,
+    every core of the 2-core host)."""
     return (row["task"], row["devices"], row.get("dispatch", "flower"),
-            row.get("worker_queue", 1), meta_batch_of(row))
+            row.get("worker_queue", 1), meta_batch_of(row), row.get("ray_cpus", 2))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ faults (``[faults]``, ``fedmeta.app.faults``) from ``[seed, round, pid, attempt]
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -43,7 +44,7 @@ app = ClientApp(mods=[secagg_mod])  # SecAgg+ rounds only; other messages pass t
 
 @dataclass(frozen=True)
 class Device:
-    """What a device keeps between messages: its config, learner and private tasks."""
+    """What a device works with: its config, learner and private tasks."""
 
     partition: int
     cfg: Config
@@ -60,21 +61,37 @@ def _config(flat: tuple) -> Config:
     return from_flat(dict(flat))
 
 
+_LEARNERS = threading.local()  # this thread's learner for the run's config and model
+
+
+def _learner(cfg: Config, flat: tuple, model: str, model_kwargs: str) -> MetaLearner:
+    """The run's learner, built once per thread: it depends on the config and the model
+    only, not on the device, but devices may run at once in threads of one process (a
+    threaded grid, a SuperNode), and a learner's model is not safe to share between threads
+    (a Ray worker runs one message at a time: one learner for all its devices)."""
+    key = (flat, model, model_kwargs)
+    cached = getattr(_LEARNERS, "cached", None)
+    if cached is None or cached[0] != key:
+        algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
+        learner = build_learner(algorithm.learner,
+                                build_model(model, **json.loads(model_kwargs)),
+                                inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
+                                eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
+        cached = _LEARNERS.cached = (key, learner)
+    return cached[1]
+
+
 @lru_cache(maxsize=4)
-def _device(partition: int, num_partitions: int, flat: tuple, model: str,
-            model_kwargs: str) -> Device:
+def _source(partition: int, num_partitions: int, flat: tuple) -> TaskSource:
+    """A device's private tasks (the last few devices' kept per process)."""
     cfg = _config(flat)
-    algorithm = FEDERATED_ALGORITHMS[cfg.federation.algorithm]
-    # a learner of its own: devices may run at once in threads of one process (a threaded
-    # grid, a SuperNode), and a learner's model is not safe to share between threads
-    learner = build_learner(algorithm.learner, build_model(model, **json.loads(model_kwargs)),
-                            inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
-                            eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
-    source = build_device_tasks(cfg.task, partition, num_partitions,
-                                cfg.federation.num_held_out, seed=cfg.train.seed)
-    fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None
-    return Device(partition, cfg, algorithm, learner, source,
-                  resolve_device(cfg.train.device), fleet)
+    return build_device_tasks(cfg.task, partition, num_partitions, cfg.federation.num_held_out,
+                              seed=cfg.train.seed)
+
+
+@lru_cache(maxsize=4)
+def _compute_device(name: str) -> torch.device:
+    return resolve_device(name)
 
 
 _FLEET: dict[tuple, FleetRun] = {}  # the run's fleet, built once per process
@@ -92,13 +109,19 @@ def _fleet(flat: tuple, model: str, model_kwargs: str, learner: MetaLearner,
 
 
 def device_of(message: Message, context: Context) -> Device:
-    """This node's device for the message's config, built once per process."""
+    """This node's device for the message's config: its tasks kept for the last few devices
+    of the process, the learner built once per thread."""
     record = message.content[CONFIG]
     flat = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                         for k, v in record.items() if "." in k))
-    return _device(int(context.node_config["partition-id"]),
-                   int(context.node_config["num-partitions"]), flat, str(record[MODEL]),
-                   str(record[MODEL_KWARGS]))
+    model, model_kwargs = str(record[MODEL]), str(record[MODEL_KWARGS])
+    cfg = _config(flat)
+    partition = int(context.node_config["partition-id"])
+    learner = _learner(cfg, flat, model, model_kwargs)
+    source = _source(partition, int(context.node_config["num-partitions"]), flat)
+    fleet = _fleet(flat, model, model_kwargs, learner, source) if fleet_enabled(cfg) else None
+    return Device(partition, cfg, FEDERATED_ALGORITHMS[cfg.federation.algorithm], learner,
+                  source, _compute_device(cfg.train.device), fleet)
 
 
 def _means(scores: dict[str, np.ndarray], episodes: int) -> MetricRecord:
