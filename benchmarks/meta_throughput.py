@@ -464,10 +464,14 @@ def markdown(report: dict) -> str:
          f"{m['lscpu'].get('L2 cache', '?')}, L3 {m['lscpu'].get('L3 cache', '?')}), "
          f"{m['cores']} cores; Python {m['python']}, torch {m['torch']}, higher {m['higher']}."),
         f"GPU: {m['gpu'] or NO_GPU}.",
-        (f"The host was busy: other jobs shared its {m['cores']} cores (load average "
-         f"{m['load_average_before'][0]:.1f} before, {m['load_average_after'][0]:.1f} after; "
-         f"this run at niceness {m['niceness']}), so absolute rates are low and noisy; compare "
-         "only ratios, which are paired per round."),
+        ((f"The host was busy: other jobs shared its {m['cores']} cores (load average "
+          f"{m['load_average_before'][0]:.1f} before, {m['load_average_after'][0]:.1f} after; "
+          f"this run at niceness {m['niceness']}), so absolute rates are low and noisy; "
+          "compare only ratios, which are paired per round.")
+         if m["load_average_before"][0] >= 1 else
+         (f"The host was quiet: load average {m['load_average_before'][0]:.1f} before "
+          f"({m['load_average_after'][0]:.1f} after, this run's own threads included; "
+          f"niceness {m['niceness']}); ratios are paired per round.")),
         (f"Conv4, {c['n_way']}-way {c['k_shot']}-shot, {c['queries_per_class']} queries per "
          f"class, meta-batch {c['meta_batch']}, {c['inner_steps']} inner step (lr "
          f"{c['inner_lr']}), Adam outer step; {c['warmup_rounds']} warm-up + {c['rounds']} "

@@ -163,7 +163,8 @@ class MetaLearner(ABC):
         convolution rate, so batching buys no parallelism, only T-times larger working sets,
         and the loop is 1.1-1.6x faster; on two threads every loop kernel ends in an OpenMP
         barrier that waits for a core other jobs hold, and the batched step, with T times
-        fewer kernels, is 1.2-2.5x faster (5x in an earlier run).
+        fewer kernels, is 1.2-2.5x faster (5x in an earlier run). On a quiet host the loop
+        won on two threads too (0.84x for batched MAML; meta_throughput_quiet.md).
         """
         if not self.batchable or self.batched is False:
             return False
