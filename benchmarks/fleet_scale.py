@@ -281,9 +281,11 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "the run's start and end (2 cores; the host was shared). Queue: messages a Ray "
              "worker holds at once (`simulation.worker_queue`, fedmeta/app/worker_queue.py; "
              "1 is Flower's pool, as in every row without a steal column). Rows of several "
-             "runs (`--repeat`, the queues interleaved): the times of the run of median overhead "
-             "share (of two, the higher), every run's share in brackets. Steal: the share of the host's CPU time the "
-             "hypervisor took during the runs (a virtual machine's cores are slower then).", "",
+             "runs (`--repeat`, the queues interleaved): the times of the run of median "
+             "overhead share (of two, the higher), every run's share in brackets. Steal: the "
+             "share of the host's CPU time the hypervisor took during the runs (a virtual "
+             "machine's cores are slower then).",
+             "",
              "| task | devices | dispatch | queue | meta-batch | per round | Ray workers | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms | "
              "overhead share | peak RSS tree MB | driver MB | largest worker MB | wall s | "

@@ -195,9 +195,9 @@ class SimulationConfig:
     ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll).
     ``worker_queue``: messages a Ray worker holds at once, the next queued while it computes
     one (``fedmeta.app.worker_queue``; 1: Flower's pool, one at a time; runs with hanging
-    devices use 1 whatever is set). ``ray_address``: join that running Ray cluster (``auto``, ``host:port`` or
-    ``ray://host:port``; docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then
-    does not apply (the cluster's nodes have their own)."""
+    devices use 1 whatever is set). ``ray_address``: join that running Ray cluster
+    (``auto``, ``host:port`` or ``ray://host:port``; docs/scale.md) instead of starting a
+    local Ray; ``ray_cpus`` then does not apply (the cluster's nodes have their own)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
