@@ -89,6 +89,7 @@ def test_config_error_pickles_whole() -> None:
     assert str(err) == "task.n_way=1 is not allowed: expected an integer >= 2"
 
 
+@pytest.mark.slow  # 223 s on the slower AMD EPYC VM, where CI took 24 min with it: run with -m slow
 def test_quick_leaderboard_meta_learning_beats_fine_tuning(omniglot_dir, tmp_path,
                                                            monkeypatch) -> None:
     """End to end (about 2-4 minutes): the three --quick rows, the table, the plots; the
