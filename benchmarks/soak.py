@@ -9,7 +9,8 @@ the CLI, Ray and its workers) when its saved state reaches ``--kill-at`` and res
 byte and their final meta-parameters are equal, and the memory of A's process tree (the CLI
 with Ray's GCS, raylet and workers; RSS summed, sampled every second) grows by at most 10%
 from round 20 to the last round (median of the samples taken while rounds 20-24 and
-rounds R-4..R were running, not while Ray shuts down after the last). Results: ``benchmarks/results/soak.json``.
+rounds R-4..R were running, not while Ray shuts down after the last). Results:
+``benchmarks/results/soak.json``.
 
     nice python benchmarks/soak.py [--devices 1000] [--rounds 200] [--kill-at 100]
 """

@@ -38,7 +38,8 @@ def test_one_device_with_all_data_is_central_meta_training(algorithm: str,
                                                            learner_name: str) -> None:
     cfg = one_device_config(algorithm)
     central_tasks = build_tasks(cfg.task, seed=SEED).train
-    assert build_device_tasks(cfg.task, 0, 2, cfg.federation.num_held_out, seed=SEED) == central_tasks  # all the data
+    assert build_device_tasks(cfg.task, 0, 2, cfg.federation.num_held_out,
+                              seed=SEED) == central_tasks  # all the data
     rows: list = []
     federated = run_federation(LocalGrid(client_app.app, 2), cfg, rows.append).params
 

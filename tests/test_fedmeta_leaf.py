@@ -34,7 +34,8 @@ def test_fedmeta_leaf_writes_every_algorithm_and_dataset_and_refuses_a_used_out(
            "FEDMETA_CACHE": str(tmp_path / "fedmeta-cache"),
            "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[1]),
                                           os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800, env=env)
+    run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800,
+                         env=env)
     assert run.returncode == 0, run.stderr[-3000:]
 
     table = pd.read_csv(out / "table.csv")
@@ -59,6 +60,7 @@ def test_fedmeta_leaf_writes_every_algorithm_and_dataset_and_refuses_a_used_out(
         assert (out / d / "fedmeta-metasgd" / "summary.json").is_file()
 
     before = (out / "table.csv").read_bytes()
-    again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                           env=env)
     assert again.returncode != 0 and "--overwrite" in again.stderr
     assert (out / "table.csv").read_bytes() == before

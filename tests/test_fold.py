@@ -60,15 +60,20 @@ def arriving(s: FedMeta, order: list[int]) -> Iterator[Message]:
 
 
 def peak_bytes(s: FedMeta, order: list[int]) -> int:
-    """Peak of the memory Python and NumPy allocate while the round is aggregated."""
+    """Peak of the memory Python and NumPy allocate while the round is aggregated, with the
+    cyclic garbage collector off: the bound must not hang on when it happens to run (a
+    message's records refer to each other in cycles)."""
     gc.collect()
+    gc.disable()
     tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    s.aggregate_train(1, arriving(s, order))
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    return peak
+    try:
+        s.aggregate_train(1, arriving(s, order))
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+        gc.enable()
 
 
 def reply_bytes(s: FedMeta) -> int:

@@ -219,7 +219,8 @@ def test_a_malformed_masked_vector_is_dropped_by_the_server_not_an_index_error()
 
 
 @pytest.mark.parametrize("how", ["crash", "silent"])
-@pytest.mark.parametrize("stages", [("setup",), ("share_keys",), ("setup", "collect_masked_vectors"),
+@pytest.mark.parametrize("stages", [("setup",), ("share_keys",),
+                                    ("setup", "collect_masked_vectors"),
                                     ("share_keys", "collect_masked_vectors")])
 def test_devices_lost_at_any_stage_are_counted_and_the_others_mean_is_exact(
         stages: tuple[str, ...], how: str) -> None:

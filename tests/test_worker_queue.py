@@ -1,16 +1,19 @@
 """Ray workers that hold their next message (``fedmeta.app.worker_queue``): each actor gets
 ``depth`` slots in Flower's pool and the engine one worker thread per slot, each actor is
-asked to exit once, Flower's pool is untouched at depth 1 and outside the context, and
-devices that may hang keep one slot. That a queued run computes what Flower's pool does,
+asked to exit once, Flower's pool keeps its actors at depth 1 and is untouched outside the
+context, fedmeta's ClientApp travels to the workers by reference, and devices that may hang
+keep one slot. That a queued run computes what Flower's pool does,
 byte for byte, is checked end to end in tests/test_federated_run.py (one Ray worker with
 two slots against two workers with one)."""
 
 from __future__ import annotations
 
 import pytest
+from flwr.clientapp import ClientApp
 from flwr.server.superlink.fleet.vce import vce_api
+from ray import cloudpickle
 
-from fedmeta.app import worker_queue
+from fedmeta.app import client_app, worker_queue
 from fedmeta.app.worker_queue import QueuedBackend, queued_workers
 from fedmeta.config import Config, FaultsConfig, SimulationConfig, from_flat
 from fedmeta.errors import ConfigError
@@ -34,7 +37,7 @@ class _RayBackend:
         self.actors, self.pool = actors, None
 
     def build(self, app_fn: object) -> None:
-        self.pool = _Pool(self.actors)
+        self.pool, self.app_fn = _Pool(self.actors), app_fn
 
     @property
     def num_workers(self) -> int:
@@ -63,15 +66,34 @@ def test_each_actor_gets_depth_slots_and_is_asked_to_exit_once() -> None:
     assert inner.pool.terminated == ["a", "b"]
 
 
-def test_flowers_pool_is_untouched_at_depth_one_and_outside(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_depth_one_keeps_flowers_pool() -> None:
+    inner = _RayBackend(["a", "b"])
+    backend = QueuedBackend(inner, 1)
+    backend.build(lambda: client_app.app)
+    assert inner.pool.pool == ["a", "b"] and backend.num_workers == 2
+    backend.terminate()
+    assert inner.pool.terminated == ["a", "b"]
+
+
+def test_fedmetas_app_travels_by_reference() -> None:
+    """Flower's loader is a closure over the ClientApp, which Ray pickles by value with
+    every message; the workers get ``client_app.load_app`` instead, a few bytes."""
+    app = client_app.app
+    flowers = lambda: app  # noqa: E731 (as Flower's ``_load_client_app``)
+    inner = _RayBackend(["a"])
+    QueuedBackend(inner, 1).build(flowers)
+    assert inner.app_fn is client_app.load_app and inner.app_fn() is app
+    assert len(cloudpickle.dumps(inner.app_fn)) < 200 < len(cloudpickle.dumps(flowers))
+    another = ClientApp()
+    assert worker_queue.by_reference(lambda: another)() is another
+
+
+def test_flowers_engine_is_untouched_outside(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[object] = []
     monkeypatch.setattr(vce_api, "run_api",
                         lambda app_fn, backend_fn, *rest: seen.append(backend_fn()))
     flower = vce_api.run_api
     monkeypatch.setattr(worker_queue, "RayBackend", _RayBackend)
-    with queued_workers(1):
-        assert vce_api.run_api is flower
     with pytest.raises(RuntimeError):
         with queued_workers(2):
             vce_api.run_api(None, lambda: _RayBackend(["a"]))

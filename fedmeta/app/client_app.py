@@ -42,6 +42,12 @@ MODEL, MODEL_KWARGS = "model", "model-kwargs"  # round-config entries: the model
 app = ClientApp(mods=[secagg_mod])  # SecAgg+ rounds only; other messages pass through
 
 
+def load_app() -> ClientApp:
+    """This module's ``app``, for the simulation engine's workers to load: a module-level
+    function, so that Ray pickles it by reference (``fedmeta.app.worker_queue``)."""
+    return app
+
+
 @dataclass(frozen=True)
 class Device:
     """What a device works with: its config, learner and private tasks."""

@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from .dispatch import arrivals_of
+from .records import as_numpy
 
 PULL_INTERVAL_S = 0.1  # Flower's InMemoryGrid default, for grids that do not say theirs
 # (Flower's gRPC grid under ``flwr run`` sleeps 3 s between pulls; pulling every 0.1 s ends a
@@ -69,11 +70,23 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message],
 class Fold(Protocol):
     """An aggregate built one reply at a time."""
 
+    keeps: bool  # whether it keeps the replies added (if not, the caller lets them go)
+
     def add(self, reply: Message) -> None:
         """Fold in a (valid) reply; it is not needed afterwards."""
 
     def result(self) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
         """The aggregated update, the mean metrics and the replies left out."""
+
+
+def let_go(reply: Message, arrays_key: str) -> None:
+    """Free now the arrays of a reply folded into a fold that does not keep it. A message's
+    records sit in reference cycles (a ``RecordDict`` and its typed views refer to each
+    other), freed only when the cyclic garbage collector runs, and it runs by the count of
+    allocations, not bytes: replies decoded with few allocations (``records.as_numpy``)
+    would pile up between its runs, and the server's memory grow with the round. Emptying
+    the record frees them at once."""
+    reply.content[arrays_key].clear()
 
 
 class MetricMean:
@@ -113,6 +126,8 @@ class WeightedMean:
     the replies are added, cast back to each array's dtype; ``w_i`` is the reply's
     ``weight_key`` metric (episodes). Metrics: ``MetricMean``."""
 
+    keeps = False
+
     def __init__(self, arrays_key: str, weight_key: str) -> None:
         self.arrays_key = arrays_key
         self.total: dict[str, np.ndarray] = {}
@@ -123,7 +138,7 @@ class WeightedMean:
     def add(self, reply: Message) -> None:
         weight = self.metrics.add(next(iter(reply.content.metric_records.values())))
         for key, array in reply.content[self.arrays_key].items():
-            value = array.numpy()
+            value = as_numpy(array)
             if key not in self.total:
                 self.total[key] = np.zeros(value.shape, np.float64)
                 self.dtypes[key] = value.dtype
@@ -142,6 +157,8 @@ class WeightedMean:
 
 class KeepAll:
     """Every reply kept, in the order added, for ``rule`` to aggregate at once."""
+
+    keeps = True
 
     def __init__(self, rule: Callable[[list[Message]], tuple[ArrayRecord | None,
                                                              MetricRecord | None,
@@ -215,8 +232,8 @@ class Turns:
             record = reply.content[self.arrays_key]
             path = Path(self._folder.name) / f"{len(self.spilled)}-{id(reply)}.npz"
             keys = list(record.keys())
-            np.savez(path, *(record[k].numpy() for k in keys))
-            reply.content[self.arrays_key] = ArrayRecord()
+            np.savez(path, *(as_numpy(record[k]) for k in keys))
+            record.clear()  # (not a new record: see ``let_go``)
             self.spilled[id(reply)] = path, keys
 
     def _back(self, reply: Message) -> Message:

@@ -290,6 +290,10 @@ class PrivateMean:
         self.weights: list[float] = []
         self.clipped = 0
 
+    @property
+    def keeps(self) -> bool:
+        return self.inner is not None and self.inner.keeps
+
     def add(self, reply: Message) -> None:
         p = self.s.privacy
         update = to_params(reply.content[ARRAYS])

@@ -53,6 +53,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from ..config import FederationConfig
+from .records import as_numpy
 
 
 def aggregator(fed: FederationConfig, num_replies: int, **keys: str) -> FedAvg:
@@ -89,13 +90,13 @@ def aggregate_updates(fed: FederationConfig, server_round: int, replies: list[Me
 
 def update_norm(record: ArrayRecord) -> float:
     """The L2 norm of every array of ``record`` taken together."""
-    return float(np.sqrt(sum(np.square(a.numpy(), dtype=np.float64).sum()
+    return float(np.sqrt(sum(np.square(as_numpy(a), dtype=np.float64).sum()
                              for a in record.values())))
 
 
 def flat_update(record: ArrayRecord) -> np.ndarray:
     """Every array of ``record`` raveled into one float64 vector, in the record's order."""
-    return np.concatenate([a.numpy().ravel().astype(np.float64) for a in record.values()])
+    return np.concatenate([as_numpy(a).ravel().astype(np.float64) for a in record.values()])
 
 
 def bound_norm(record: ArrayRecord, norm: float, bound: float) -> None:
@@ -104,7 +105,7 @@ def bound_norm(record: ArrayRecord, norm: float, bound: float) -> None:
     if norm > bound:
         scale = bound / norm
         for key in list(record.keys()):
-            value = record[key].numpy()
+            value = as_numpy(record[key])
             record[key] = Array(np.asarray(value * value.dtype.type(scale)))
 
 

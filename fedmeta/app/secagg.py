@@ -66,7 +66,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 
 from ..config import PrivacyConfig
 from ..meta import Params
-from .records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND
+from .records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, ROUND, as_numpy
 
 logger = logging.getLogger("flwr.fedmeta")
 
@@ -121,7 +121,7 @@ def update_problem(reply: Message, request: Message) -> tuple[str, str] | None:
             return "malformed", f"array {key!r} is {array.dtype}{tuple(array.shape)}, " \
                                 f"expected {reference[key].dtype}{tuple(reference[key].shape)}"
     for key, array in arrays.items():
-        if not np.isfinite(array.numpy()).all():
+        if not np.isfinite(as_numpy(array)).all():
             return "non_finite", f"array {key!r} is not finite"
     episodes = content[METRICS].get(NUM_EXAMPLES)
     if isinstance(episodes, (list, bool)) or episodes is None or \

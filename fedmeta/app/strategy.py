@@ -43,10 +43,10 @@ from ..privacy import sampling
 from ..results import Row
 from .discovery import DiscoveryError, Found, ask_partitions, missing_message
 from .faults import fault_of
-from .fold import HELD_IN_MEMORY, Fold, KeepAll, Turns, WeightedMean
+from .fold import HELD_IN_MEMORY, Fold, KeepAll, Turns, WeightedMean, let_go
 from .outcome import DeviceReports
 from .records import (ARRAYS, ATTEMPT, CONFIG, METRICS as METRIC_RECORD, NUM_EXAMPLES, ROUND,
-                      SCORES, array_bytes, to_params, to_record)
+                      SCORES, array_bytes, as_numpy, to_params, to_record)
 from .robust import aggregate_updates as robust_aggregate
 from .rounds import run_rounds
 
@@ -190,10 +190,10 @@ class FedMeta(FedAvg):
             if node in self.partitions:
                 for ready in turns.arrived_from(self.partitions[node],
                                                 reply if kind is None else None):
-                    fold.add(ready)
+                    self._fold_in(fold, ready)
             del reply
         for ready in turns.rest():
-            fold.add(ready)
+            self._fold_in(fold, ready)
         faults["timed_out"] = self._missing("train", server_round, heard)
         arrays, metrics = None, None
         if self.enough(good):
@@ -216,6 +216,11 @@ class FedMeta(FedAvg):
                         self._sent.pop(("train", server_round), 0), bytes_up, dict(faults),
                         attempt, status))
         return to_record(self.trainer.params), metrics
+
+    def _fold_in(self, fold: Fold, reply: Message) -> None:
+        fold.add(reply)
+        if not fold.keeps:
+            let_go(reply, self.arrayrecord_key)
 
     def enough(self, good: int) -> bool:
         """Whether a training attempt with ``good`` good replies is aggregated (or else
@@ -272,7 +277,7 @@ class FedMeta(FedAvg):
             if array.dtype != expected:
                 return f"array {key!r} has dtype {array.dtype}, expected {expected}"
         for key, array in arrays.items():
-            if not np.isfinite(array.numpy()).all():
+            if not np.isfinite(as_numpy(array)).all():
                 return f"array {key!r} {NOT_FINITE}"
         return None
 
@@ -300,7 +305,7 @@ class FedMeta(FedAvg):
         valid, faults = self._usable(server_round, replies, _eval_problem)
         faults["timed_out"] = self._missing("eval", server_round,
                                             {m.metadata.src_node_id for m in replies})
-        scores = {m: np.concatenate([r.content[SCORES][m].numpy() for r in valid])
+        scores = {m: np.concatenate([as_numpy(r.content[SCORES][m]) for r in valid])
                   for m in METRICS} if valid else {}
         summary = summarize(scores) if valid else {}
         self.report(Row(server_round, "eval", len(valid), len(replies) - len(valid),

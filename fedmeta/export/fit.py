@@ -19,9 +19,10 @@ Variants: ``float32`` (4 bytes per parameter) and ``int8`` (1 byte per weight en
 convolution or linear map, float32 for biases and batch-norm, plus a float32 scale and an
 int32 zero point per output channel). With int8, head-only adaptation keeps the int8 model
 and adapts a float32 copy of the head; full-network adaptation runs in float32 and then
-holds the int8 model quantised from it as well (``fedmeta.export.quantize``). Latency is FLOPs over the profile's sustained
-float32 rate for both: the profiles give no int8 rate, so int8 latency here is an upper
-bound (x86 int8 ran a Conv4 query pass 6.5x faster, benchmarks/results/edge_export.md).
+holds the int8 model quantised from it as well (``fedmeta.export.quantize``). Latency is
+FLOPs over the profile's sustained float32 rate for both: the profiles give no int8 rate,
+so int8 latency here is an upper bound (x86 int8 ran a Conv4 query pass 6.5x faster,
+benchmarks/results/edge_export.md).
 The runtime library itself (onnxruntime, torch) is not counted in the memory.
 """
 

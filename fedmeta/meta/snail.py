@@ -22,10 +22,10 @@ attention sees the whole sequence) where the paper takes ``ceil(log2 T)``, so th
 do not depend on the episode's length. Each attention block's key projection starts equal to
 its query projection, so attention starts as a similarity (``q . k = |W x|^2`` for equal
 inputs): on separable vectors a single attention block so started was at 100% after 250
-Adam steps, and still near chance after 400 from independent ones. Every query is its own sequence (the
-support positions are computed once per query, as the paper's batch of sequences does). The
-label input is one-hot over the model head's ``n_way``, so a SNAIL model scores only episodes
-of that many classes; no gradient steps at adaptation.
+Adam steps, and still near chance after 400 from independent ones. Every query is its own
+sequence (the support positions are computed once per query, as the paper's batch of
+sequences does). The label input is one-hot over the model head's ``n_way``, so a SNAIL
+model scores only episodes of that many classes; no gradient steps at adaptation.
 """
 
 from __future__ import annotations

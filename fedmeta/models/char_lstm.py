@@ -8,8 +8,9 @@ second-order MAML differentiates the adapted weights' query loss through the inn
 gradient, and while ``nn.LSTM``'s CPU path was measured twice differentiable (torch 2.13),
 its cuDNN kernel's backward (``_cudnn_rnn_backward``) has no derivative of its own in
 PyTorch, so a run moved to a GPU would fail there (known, not checked on these GPU-less
-machines). Written out, only ops with ordinary double backward are used, on every device. Its parameter count equals
-``nn.LSTM``'s (two biases per layer): 819,920 at the paper's size.
+machines). Written out, only ops with ordinary double backward are used, on every device.
+Its parameter count equals ``nn.LSTM``'s (two biases per layer): 819,920 at the paper's
+size.
 """
 
 from __future__ import annotations
