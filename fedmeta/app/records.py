@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,7 @@ def as_numpy(array: Array) -> np.ndarray:
             _HEADERS.clear()
         _HEADERS[header] = layout
     dtype, shape, fortran = layout
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if dtype.hasobject or len(data) != offset + count * dtype.itemsize:
         return array.numpy()
     return np.frombuffer(data, dtype, count, offset).reshape(shape, order="F" if fortran else "C")
