@@ -8,6 +8,10 @@ two slots against two workers with one)."""
 
 from __future__ import annotations
 
+import inspect
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from flwr.clientapp import ClientApp
 from flwr.server.superlink.fleet.vce import vce_api
@@ -105,6 +109,32 @@ def test_flowers_engine_is_untouched_outside(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ValueError, match="at least 1"):
         with queued_workers(0):
             pass
+
+
+def test_the_engine_gets_a_thread_for_every_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's engine runs ``backend.num_workers`` loops in a ``ThreadPoolExecutor()`` of
+    Python's default size (6 threads on 2 cores, never more than 32): under
+    ``queued_workers`` every loop gets a thread, so that all 40 slots of 20 actors are busy
+    at once (without it the barrier below times out)."""
+    source = inspect.getsource(vce_api.run_api)  # what the patch relies on in Flower's
+    assert "ThreadPoolExecutor()" in source and "range(backend.num_workers)" in source
+    seen: dict[str, int] = {}
+
+    def flowers_run_api(app_fn: object, backend_fn: object, *rest: object) -> None:
+        backend = backend_fn()
+        backend.build(app_fn)
+        with vce_api.ThreadPoolExecutor() as pool:
+            seen["threads"] = pool._max_workers
+            barrier = threading.Barrier(backend.num_workers, timeout=5)
+            list(pool.map(lambda _: barrier.wait(), range(backend.num_workers)))
+
+    monkeypatch.setattr(vce_api, "run_api", flowers_run_api)
+    monkeypatch.setattr(worker_queue, "RayBackend", _RayBackend)
+    with queued_workers(2):
+        vce_api.run_api(lambda: client_app.app,
+                        lambda: _RayBackend([f"actor{i}" for i in range(20)]))
+    assert seen["threads"] == 40
+    assert vce_api.ThreadPoolExecutor is ThreadPoolExecutor
 
 
 def test_devices_that_may_hang_keep_one_slot() -> None:

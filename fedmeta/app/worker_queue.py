@@ -14,6 +14,12 @@ its actor with its own node's context, so what a device computes is unchanged. A
 queued behind a slow one waits for it, where Flower's pool would hand it to the first actor
 that frees up; ``simulate`` therefore keeps one slot when faults make devices hang.
 
+Flower's engine runs one thread per slot (``backend.num_workers`` loops, each taking a
+message and waiting for its reply) in a ``ThreadPoolExecutor()`` of Python's default size,
+``min(32, cores + 4)`` of the driver's host: on 2 cores, 6 threads, and on a Ray cluster
+never more than 32, so most actors of a large cluster (or slots of a queue) would sit idle.
+Under ``queued_workers`` the engine's executor has a thread for every slot.
+
 At any depth, the function that gives a worker the ClientApp travels by reference
 (``client_app.load_app``) when the app is fedmeta's: Flower's own is a closure, which Ray
 pickles by value (the ClientApp with it) with every message, 0.4 ms of each message's
@@ -23,6 +29,7 @@ round trip on a 2-core AMD EPYC host.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -82,17 +89,33 @@ def worker_queue(cfg: Config) -> int:
 @contextmanager
 def queued_workers(depth: int) -> Iterator[None]:
     """Run the simulation engine started inside with ``depth`` messages per Ray worker
-    (1: one, as Flower's pool). Another backend than Flower's Ray one is left as it is."""
+    (1: one, as Flower's pool) and a thread for each. Another backend than Flower's Ray one
+    is left as it is, but for the threads."""
     if depth < 1:
         raise ValueError(f"depth {depth}: at least 1")
-    run_api = vce_api.run_api
+    run_api, executor = vce_api.run_api, vce_api.ThreadPoolExecutor
 
     def running(app_fn: Callable[[], ClientApp], backend_fn: Callable[[], Backend],
                 *args: object, **kwargs: object) -> None:
+        built: list[Backend] = []
+
         def queued() -> Backend:
             backend = backend_fn()
-            return QueuedBackend(backend, depth) if type(backend) is RayBackend else backend
-        run_api(app_fn, queued, *args, **kwargs)
+            built.append(QueuedBackend(backend, depth) if type(backend) is RayBackend
+                         else backend)
+            return built[-1]
+
+        def threads(max_workers: int | None = None, **options: object) -> ThreadPoolExecutor:
+            """The engine's executor: a thread for each of the backend's slots."""
+            if max_workers is None and built:
+                max_workers = max(built[-1].num_workers, 1)
+            return executor(max_workers, **options)
+
+        vce_api.ThreadPoolExecutor = threads
+        try:
+            run_api(app_fn, queued, *args, **kwargs)
+        finally:
+            vce_api.ThreadPoolExecutor = executor
 
     vce_api.run_api = running
     try:
