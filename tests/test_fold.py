@@ -16,6 +16,7 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from local_grid import set_task_identity
 
 from fedmeta.app.fold import Turns, WeightedMean
+from fedmeta.app.privacy_wrap import PrivateFedMeta
 from fedmeta.app.records import to_record
 from fedmeta.app.strategy import FedMeta
 from fedmeta.config import from_dict
@@ -30,14 +31,18 @@ def task_identity() -> None:
     set_task_identity()
 
 
-def strategy(n: int, aggregation: str = "mean", width: int = WIDTH) -> FedMeta:
+def strategy(n: int, aggregation: str = "mean", width: int = WIDTH,
+             privacy: dict | None = None) -> FedMeta:
+    """The server of a round of ``n`` devices; with ``privacy``, ``PrivateFedMeta``."""
     cfg = from_dict({"federation": {"num_devices": n + 1, "num_held_out": 1,
                                     "min_train_devices": n, "fraction_train": 1.0,
                                     "aggregation": aggregation, "server_optimizer": "sgd",
-                                    "server_lr": 1.0}})
+                                    "server_lr": 1.0}, "privacy": privacy or {}})
     torch.manual_seed(0)
     learner = build_learner("maml", MLP(hidden=(width, width)), inner_lr=0.1)
-    s = FedMeta(cfg.federation, MetaTrainer(learner, 1.0, "sgd"), seed=1)
+    trainer = MetaTrainer(learner, 1.0, "sgd")
+    s = PrivateFedMeta(cfg, trainer) if privacy else \
+        FedMeta(cfg.federation, trainer, seed=1)
     s.partitions = {1000 + p: p for p in range(n + 1)}
     s._asked["train", 1] = [1000 + p for p in range(n)]  # as configure_train records
     return s
@@ -94,6 +99,20 @@ def test_the_mean_holds_memory_independent_of_the_round_size(arrival: str) -> No
     one = reply_bytes(strategy(1))
     assert peaks[64] - peaks[8] < 4 * one, (peaks, one)
     assert peaks[64] < (4 + 12) * one, (peaks, one)  # the waiting 4, sums, a step: O(model)
+
+
+def test_the_clipped_private_mean_holds_memory_independent_of_the_round_size() -> None:
+    """The server clips each update (replacing the reply's arrays) before the mean: the
+    replaced arrays are freed at once too."""
+    privacy = {"clipping": "fixed", "clip_norm": 0.1, "noise": "central",
+               "noise_multiplier": 0.5, "sampling": "fixed"}
+    peaks = {}
+    for n in (8, 64):
+        s = strategy(n, privacy=privacy)
+        s.held_in_memory = 4
+        peaks[n] = peak_bytes(s, list(range(n)))
+    one = reply_bytes(strategy(1))
+    assert peaks[64] - peaks[8] < 4 * one, (peaks, one)
 
 
 def test_median_keeps_every_reply() -> None:

@@ -300,7 +300,10 @@ class PrivateMean:
         if p.clipping != "none" and p.noise != "local":  # the server clips
             update, was_clipped = clip(update, self.clip_norm)
             self.clipped += was_clipped
-            reply.content[ARRAYS] = to_record(update)
+            record = reply.content[ARRAYS]  # replaced in place: see ``fold.let_go``
+            record.clear()
+            for key, array in to_record(update).items():
+                record[key] = array
         self.norms.append(l2_norm(update))
         self.weights.append(float(reply.content[METRICS][NUM_EXAMPLES]))
         if self.sum is not None:
