@@ -12,7 +12,8 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
 - overhead share: ``1 - meta / round``, where ``meta`` is the devices' own meta-learning
   time (the same ``local_meta_train`` calls, same devices, rounds and seeds, timed in this
   process single-threaded) divided by the number of Ray workers that ran them;
-- the Ray workers: how many ``ClientAppActor`` processes the run had at most.
+- the Ray workers: how many ``ClientAppActor`` (or fedmeta's ``BatchedAppActor``) processes
+  the run had at most.
 
 Each size runs under both of ``simulation.dispatch``'s message pumps (``fedmeta.app.dispatch``):
 Flower's own, and fedmeta's indexed one, so their ratio is measured on the same host load.
@@ -22,7 +23,8 @@ timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
 
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
                                      [--rounds 4] [--dispatch indexed flower]
-                                     [--fraction 0.1] [--worker-queue 2] [--meta-batch 0]
+                                     [--fraction 0.1] [--worker-queue 2] [--worker-batch 8]
+                                     [--meta-batch 0]
                                      [--ray-cpus 0] [--repeat 1] [--keep]
 """
 
@@ -52,6 +54,7 @@ from host import cpu_name  # benchmarks/host.py, beside this script
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
 QUEUE = SimulationConfig().worker_queue
+BATCH = SimulationConfig().worker_batch
 
 
 def per_round(size: int, fraction: float) -> int:
@@ -61,10 +64,11 @@ def per_round(size: int, fraction: float) -> int:
 
 def fleet_config(task: str, size: int, rounds: int, dispatch: str,
                  fraction: float = 0.1, queue: int = QUEUE, meta_batch: int = 0,
-                 ray_cpus: int = 0) -> dict[str, Any]:
+                 ray_cpus: int = 0, batch: int = BATCH) -> dict[str, Any]:
     """A fleet of ``size`` devices, ``per_round(size, fraction)`` sampled per round,
     evaluation only at round 0 and after the last; Flower's engine pumping messages by
-    ``dispatch``, each Ray worker holding ``queue`` messages; ``meta_batch`` episodes a
+    ``dispatch``, each Ray worker holding ``queue`` calls of up to ``batch`` messages;
+    ``meta_batch`` episodes a
     local step (0: the task's default, 10 for the sinusoid, 4 for Omniglot); ``ray_cpus``
     CPUs for Ray, one worker each (0: every core)."""
     federation = {"num_devices": size, "num_held_out": HELD_OUT, "rounds": rounds,
@@ -73,7 +77,8 @@ def fleet_config(task: str, size: int, rounds: int, dispatch: str,
     config: dict[str, Any] = {"federation": federation,
                               "simulation": {"num_cpus": 1,
                                              "ray_cpus": ray_cpus or os.cpu_count() or 1,
-                                             "dispatch": dispatch, "worker_queue": queue}}
+                                             "dispatch": dispatch, "worker_queue": queue,
+                                             "worker_batch": batch}}
     if task == "omniglot":
         config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
                           "partition": "sampled", "device_classes": 10,
@@ -84,9 +89,11 @@ def fleet_config(task: str, size: int, rounds: int, dispatch: str,
 
 
 def _is_actor(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is one of Flower's Ray workers (a ``ClientAppActor``)."""
+    """Whether ``proc`` is one of the simulation's Ray workers (Flower's ``ClientAppActor``
+    or fedmeta's ``BatchedAppActor``)."""
     try:
-        return "ClientAppActor" in " ".join(proc.cmdline())
+        line = " ".join(proc.cmdline())
+        return "ClientAppActor" in line or "BatchedAppActor" in line
     except psutil.Error:
         return False
 
@@ -151,7 +158,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     from fedmeta.app import client_app
     from fedmeta.app.server_app import run_federation
     from fedmeta.app.dispatch import message_pump
-    from fedmeta.app.worker_queue import queued_workers, worker_queue
+    from fedmeta.app.worker_queue import queued_workers, worker_batch, worker_queue
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
     cfg = as_config(config)
@@ -166,7 +173,8 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
 
     start, load = time.perf_counter(), os.getloadavg()[0]
     with TreeMemory() as memory, _flower_logs(False), \
-            message_pump(cfg.simulation.dispatch) as nodes, queued_workers(worker_queue(cfg)):
+            message_pump(cfg.simulation.dispatch) as nodes, \
+            queued_workers(worker_queue(cfg), worker_batch(cfg)):
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend_config(cfg.simulation, False))
@@ -226,9 +234,12 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
 
 
 def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
-        queue: int = QUEUE, meta_batch: int = 0, ray_cpus: int = 0) -> dict[str, Any]:
-    """Measure one task, fleet size, dispatch and queue (run in a fresh process by ``main``)."""
-    config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch, ray_cpus)
+        queue: int = QUEUE, meta_batch: int = 0, ray_cpus: int = 0,
+        batch: int = BATCH) -> dict[str, Any]:
+    """Measure one task, fleet size, dispatch, queue and batch (run in a fresh process by
+    ``main``)."""
+    config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch, ray_cpus,
+                          batch)
     count = per_round(size, fraction)
     before = steal_and_total()
     ray_run = run_on_ray(config)
@@ -239,7 +250,7 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
-            "rounds": rounds, "worker_queue": queue,
+            "rounds": rounds, "worker_queue": queue, "worker_batch": batch,
             "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
             "ray_cpus": config["simulation"]["ray_cpus"],
             **ray_run, "round_s": statistics.median(steady.values()),
@@ -280,29 +291,33 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "asking each node, and the load column is the host's 1-minute load average at "
              "the run's start and end (2 cores; the host was shared). Queue: messages a Ray "
              "worker holds at once (`simulation.worker_queue`, fedmeta/app/worker_queue.py; "
-             "1 is Flower's pool, as in every row without a steal column). Rows of several "
+             "1 is Flower's pool, as in every row without a steal column). Batch: messages "
+             "sent to a Ray worker in one call (`simulation.worker_batch`, "
+             "fedmeta/app/ray_batches.py; 1 is Flower's actors, a call per message, as in "
+             "every row measured before the option, 2026-12-02 19:00 UTC). Rows of several "
              "runs (`--repeat`, the queues interleaved): the times of the run of median "
              "overhead share (of two, the higher), every run's share in brackets. Steal: the "
              "share of the host's CPU time the hypervisor took during the runs (a virtual "
              "machine's cores are slower then).",
              "",
-             "| task | devices | dispatch | queue | meta-batch | per round | Ray workers | "
+             "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms | "
              "overhead share | peak RSS tree MB | driver MB | largest worker MB | wall s | "
              "CPU s workers / others | load | steal |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
              "---:|---|---:|"]
     for r in results:
         steal = f"{100 * r['steal_share']:.0f}%" if "steal_share" in r else ""
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
-                         f"{r.get('worker_queue', 1)} | {r.get('meta_batch', '?')} | "
+                         f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | "
+                         f"{r.get('meta_batch', '?')} | "
                          f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||")
             continue
         runs = r.get("overhead_runs", [])
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
-            f"{r.get('worker_queue', 1)} | {meta_batch_of(r)} | "
+            f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
             f"{r['per_round']} | {r['ray_workers']} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
             f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}%"
@@ -339,6 +354,9 @@ def main() -> None:
     parser.add_argument("--worker-queue", type=int, nargs="+", default=[QUEUE],
                         help="messages a Ray worker holds at once, to compare "
                              "(simulation.worker_queue; 1: Flower's pool)")
+    parser.add_argument("--worker-batch", type=int, nargs="+", default=[BATCH],
+                        help="messages sent to a Ray worker in one call, to compare "
+                             "(simulation.worker_batch; 1: Flower's actors)")
     parser.add_argument("--meta-batch", type=int, default=0,
                         help="episodes per local step (0: 10 for the sinusoid, 4 for "
                              "Omniglot); fewer make a device's learning shorter")
@@ -354,26 +372,30 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2],
                              args.fraction, args.worker_queue[0], args.meta_batch,
-                             args.ray_cpus)))
+                             args.ray_cpus, args.worker_batch[0])))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
-    keys = sorted(((t, s, d, q) for t in args.tasks for s in args.sizes for d in args.dispatch
-                   for q in args.worker_queue), key=lambda k: (k[0], k[1], k[2] != "flower", k[3]))
+    keys = sorted(((t, s, d, q, b) for t in args.tasks for s in args.sizes
+                   for d in args.dispatch for q in args.worker_queue for b in args.worker_batch),
+                  key=lambda k: (k[0], k[1], k[2] != "flower", k[3], k[4]))
     measured = {row_key({"task": t, "devices": s, "dispatch": d, "worker_queue": q,
+                         "worker_batch": b,
                          "meta_batch": args.meta_batch or None,
-                         "ray_cpus": args.ray_cpus or os.cpu_count()}) for t, s, d, q in keys}
+                         "ray_cpus": args.ray_cpus or os.cpu_count()})
+                for t, s, d, q, b in keys}
     previous = RESULTS / "fleet_scale.json"
     if args.keep and previous.exists():
         old = json.loads(previous.read_text())
         results = [dict(r, started=r.get("started", old["started"]))
                    for r in old["results"] if row_key(r) not in measured]
-    runs: dict[tuple[str, int, str, int], list[dict[str, Any]]] = {k: [] for k in keys}
+    runs: dict[tuple[str, int, str, int, int], list[dict[str, Any]]] = {k: [] for k in keys}
     for _ in range(args.repeat):
-        for task, size, dispatch, queue in keys:
+        for task, size, dispatch, queue, batch in keys:
             proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
                                    "--rounds", str(args.rounds), "--fraction",
                                    str(args.fraction), "--worker-queue", str(queue),
+                                   "--worker-batch", str(batch),
                                    "--meta-batch", str(args.meta_batch),
                                    "--ray-cpus", str(args.ray_cpus)],
                                   capture_output=True, text=True)
@@ -381,10 +403,11 @@ def main() -> None:
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
                 run = {"task": task, "devices": size, "dispatch": dispatch,
-                       "worker_queue": queue, "per_round": per_round(size, args.fraction),
+                       "worker_queue": queue, "worker_batch": batch,
+                       "per_round": per_round(size, args.fraction),
                        "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
             print(json.dumps(run), flush=True)
-            runs[(task, size, dispatch, queue)].append(run)
+            runs[(task, size, dispatch, queue, batch)].append(run)
         done = [median_run(r) for r in runs.values() if r]
         write(sorted(results + [dict(r, started=started) for r in done], key=row_key), started)
 
@@ -405,12 +428,13 @@ def meta_batch_of(row: dict[str, Any]) -> int:
     return row.get("meta_batch") or (4 if row["task"] == "omniglot" else 10)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int, int]:
-    """A row's task, fleet size, dispatch, queue, meta-batch and Ray CPUs (rows recorded
-    before these were options: Flower's pump, one message a worker, the task's meta-batch,
-    every core of the 2-core host)."""
+def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int, int, int]:
+    """A row's task, fleet size, dispatch, queue, batch, meta-batch and Ray CPUs (rows
+    recorded before these were options: Flower's pump, one message a worker and a call, the
+    task's meta-batch, every core of the 2-core host)."""
     return (row["task"], row["devices"], row.get("dispatch", "flower"),
-            row.get("worker_queue", 1), meta_batch_of(row), row.get("ray_cpus", 2))
+            row.get("worker_queue", 1), row.get("worker_batch", 1), meta_batch_of(row),
+            row.get("ray_cpus", 2))
 
 
 if __name__ == "__main__":

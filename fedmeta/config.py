@@ -195,7 +195,9 @@ class SimulationConfig:
     ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll).
     ``worker_queue``: messages a Ray worker holds at once, the next queued while it computes
     one (``fedmeta.app.worker_queue``; 1: Flower's pool, one at a time; runs with hanging
-    devices use 1 whatever is set). ``ray_address``: join that running Ray cluster
+    devices use 1 whatever is set). ``worker_batch``: messages sent to a Ray worker in one
+    call (``fedmeta.app.ray_batches``; 1: Flower's actors, a call per message; runs with
+    hanging devices use 1). ``ray_address``: join that running Ray cluster
     (``auto``, ``host:port`` or ``ray://host:port``; docs/scale.md) instead of starting a
     local Ray; ``ray_cpus`` then does not apply (the cluster's nodes have their own)."""
 
@@ -204,6 +206,7 @@ class SimulationConfig:
     ray_cpus: int = 0
     dispatch: str = "indexed"
     worker_queue: int = 2
+    worker_batch: int = 8
     ray_address: str = ""
 
 
@@ -399,7 +402,7 @@ MAXIMA: dict[str, int | float] = {
     "federation.krum_malicious": 10_000, "federation.krum_select": 10_000,
     "faults.hang_extra_s": 24 * 3600.0, "faults.byzantine_factor": 1e6,
     "simulation.num_cpus": 1_024, "simulation.num_gpus": 64, "simulation.ray_cpus": 4_096,
-    "simulation.worker_queue": 64,
+    "simulation.worker_queue": 64, "simulation.worker_batch": 1_024,
     "privacy.secagg_shares": 10_000, "fleet.deadline_s": 1e9,
     "federation.discovery_timeout": 7 * 24 * 3600.0, "task.min_device_images": 10_000_000,
 }
@@ -749,6 +752,9 @@ def _check_simulation(s: SimulationConfig) -> None:
     if s.worker_queue < 1:
         raise ConfigError("simulation.worker_queue", s.worker_queue,
                           "an integer >= 1 (messages a Ray worker holds at once)")
+    if s.worker_batch < 1:
+        raise ConfigError("simulation.worker_batch", s.worker_batch,
+                          "an integer >= 1 (messages sent to a Ray worker in one call)")
     if s.ray_address and not (s.ray_address == "auto" or _host_port(s.ray_address)):
         raise ConfigError("simulation.ray_address", s.ray_address,
                           "empty (start a local Ray), auto, host:port or ray://host:port "

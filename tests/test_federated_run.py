@@ -55,7 +55,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataF
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "post-adaptation MSE" in cli.stdout
     flower_pump = folder / "tiny_flower_pump.toml"
-    flower_pump.write_text(TINY + 'dispatch = "flower"\nworker_queue = 1\n')
+    flower_pump.write_text(TINY + 'dispatch = "flower"\nworker_queue = 1\nworker_batch = 1\n')
     frame = fedmeta.simulate(flower_pump, folder / "api", progress=False)
     assert not ray.is_initialized()  # shut down after the run
     return folder / "cli", folder / "api", frame

@@ -18,6 +18,7 @@ from flwr.server.superlink.fleet.vce import vce_api
 from ray import cloudpickle
 
 from fedmeta.app import client_app, worker_queue
+from fedmeta.app.ray_batches import BatchedBackend
 from fedmeta.app.worker_queue import QueuedBackend, queued_workers
 from fedmeta.config import Config, FaultsConfig, SimulationConfig, from_flat
 from fedmeta.errors import ConfigError
@@ -147,3 +148,21 @@ def test_devices_that_may_hang_keep_one_slot() -> None:
 def test_a_bad_worker_queue_is_refused(value: int) -> None:
     with pytest.raises(ConfigError, match="simulation.worker_queue"):
         from_flat({"simulation.worker_queue": value})
+
+
+def test_a_batch_over_one_sends_several_messages_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    monkeypatch.setattr(vce_api, "run_api",
+                        lambda app_fn, backend_fn, *rest: seen.append(backend_fn()))
+    monkeypatch.setattr(worker_queue, "RayBackend", _RayBackend)
+    with queued_workers(2, 4):
+        vce_api.run_api(None, lambda: _RayBackend(["a"]))
+    with queued_workers(2, 1):
+        vce_api.run_api(None, lambda: _RayBackend(["a"]))
+    batched, queued = seen
+    assert isinstance(batched, BatchedBackend) and (batched.depth, batched.batch) == (2, 4)
+    assert batched.loader is worker_queue.by_reference  # the app by reference, as queued
+    assert isinstance(queued, QueuedBackend) and queued.depth == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        with queued_workers(1, 0):
+            pass

@@ -24,6 +24,9 @@ At any depth, the function that gives a worker the ClientApp travels by referenc
 (``client_app.load_app``) when the app is fedmeta's: Flower's own is a closure, which Ray
 pickles by value (the ClientApp with it) with every message, 0.4 ms of each message's
 round trip on a 2-core AMD EPYC host.
+
+``queued_workers(depth, batch)`` with ``batch`` > 1 sends up to ``batch`` messages in one
+Ray call instead (``fedmeta.app.ray_batches``), ``depth`` calls per actor at once.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
 from ..config import Config
 from . import client_app
+from .ray_batches import BatchedBackend
 
 
 class QueuedBackend(Backend):
@@ -86,13 +90,21 @@ def worker_queue(cfg: Config) -> int:
     return 1 if cfg.faults.hang > 0 else cfg.simulation.worker_queue
 
 
+def worker_batch(cfg: Config) -> int:
+    """The run's messages per Ray call: ``simulation.worker_batch``, or 1 when devices may
+    hang (the messages of a call would wait for a hanging one)."""
+    return 1 if cfg.faults.hang > 0 else cfg.simulation.worker_batch
+
+
 @contextmanager
-def queued_workers(depth: int) -> Iterator[None]:
-    """Run the simulation engine started inside with ``depth`` messages per Ray worker
-    (1: one, as Flower's pool) and a thread for each. Another backend than Flower's Ray one
-    is left as it is, but for the threads."""
-    if depth < 1:
-        raise ValueError(f"depth {depth}: at least 1")
+def queued_workers(depth: int, batch: int = 1) -> Iterator[None]:
+    """Run the simulation engine started inside with ``depth`` calls per Ray worker at once
+    (1: one, as Flower's pool), each of up to ``batch`` messages (1: Flower's actors, one
+    message a call; more: ``fedmeta.app.ray_batches``), and a thread for each message that
+    can be in flight. Another backend than Flower's Ray one is left as it is, but for the
+    threads."""
+    if depth < 1 or batch < 1:
+        raise ValueError(f"depth {depth}, batch {batch}: each at least 1")
     run_api, executor = vce_api.run_api, vce_api.ThreadPoolExecutor
 
     def running(app_fn: Callable[[], ClientApp], backend_fn: Callable[[], Backend],
@@ -101,8 +113,10 @@ def queued_workers(depth: int) -> Iterator[None]:
 
         def queued() -> Backend:
             backend = backend_fn()
-            built.append(QueuedBackend(backend, depth) if type(backend) is RayBackend
-                         else backend)
+            if type(backend) is RayBackend:
+                backend = (BatchedBackend(backend, depth, batch, by_reference) if batch > 1
+                           else QueuedBackend(backend, depth))
+            built.append(backend)
             return built[-1]
 
         def threads(max_workers: int | None = None, **options: object) -> ThreadPoolExecutor:
