@@ -9,6 +9,7 @@ end in tests/test_federated_run.py (the CLI run uses the default batch of 8)."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -100,6 +101,15 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> Any:
             b.terminate()
 
 
+def _until(condition: Any, what: str, seconds: float = 10.0) -> None:
+    """Wait for ``condition()``; fail naming ``what`` after ``seconds`` (never hang)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(0.01)
+
+
 def _context(partition: int) -> Any:
     return SimpleNamespace(node_config={"partition-id": partition})
 
@@ -115,9 +125,8 @@ def _send(backend: BatchedBackend, messages: list[str]) -> list[Any]:
 
     with ThreadPoolExecutor(len(messages)) as threads:
         futures = [threads.submit(one, i) for i in range(len(messages))]
-        while sum(len(b) for b in [backend.waiting]) + sum(n for _, n in _CALLS) \
-                < len(messages):
-            threading.Event().wait(0.01)  # every message handed in or sent
+        _until(lambda: len(backend.waiting) + sum(n for _, n in _CALLS) == len(messages),
+               "every message handed in or sent")
         _GATE.set()
         return [f.result(5) for f in futures]
 
@@ -139,12 +148,10 @@ def test_a_call_takes_its_share_of_the_waiting_messages(backend: Any) -> None:
     b = backend(1, 8)
     with ThreadPoolExecutor(8) as threads:
         futures = [threads.submit(b.process_message, f"m{i}", _context(i)) for i in range(2)]
-        while len(_CALLS) < 2:
-            threading.Event().wait(0.01)
+        _until(lambda: len(_CALLS) == 2, "a call per actor")
         futures += [threads.submit(b.process_message, f"m{i}", _context(i))
                     for i in range(2, 8)]
-        while len(b.waiting) < 6:
-            threading.Event().wait(0.01)
+        _until(lambda: len(b.waiting) == 6, "six messages waiting")
         _GATE.set()
         assert [f.result(5)[0][0] for f in futures] == [f"m{i}" for i in range(8)]
     assert [n for _, n in _CALLS] == [1, 1, 3, 2, 1]
@@ -155,10 +162,11 @@ def test_each_actor_gets_depth_calls_at_once(backend: Any) -> None:
     assert b.num_workers == 2 * 3 * 2
     assert list(b.free) == b.actors * 3 and b.is_worker_idle()
     with ThreadPoolExecutor(6) as threads:
-        futures = [threads.submit(b.process_message, f"m{i}", _context(i)) for i in range(6)]
-        while len(_CALLS) < 6:  # six calls in flight, one message each: every slot taken
-            threading.Event().wait(0.01)
-        assert not b.is_worker_idle()
+        futures = []
+        for i in range(6):  # one at a time, so that each call takes one message
+            futures.append(threads.submit(b.process_message, f"m{i}", _context(i)))
+            _until(lambda n=i + 1: len(_CALLS) == n, f"call {i + 1} made")
+        assert not b.is_worker_idle()  # six calls in flight: every slot taken
         _GATE.set()
         assert len([f.result(5) for f in futures]) == 6
     assert sorted(name for name, _ in _CALLS) == ["actor0"] * 3 + ["actor1"] * 3
@@ -181,8 +189,8 @@ def test_terminate_fails_waiting_messages_and_asks_each_actor_once(backend: Any)
     b = backend(2, 4)
     with ThreadPoolExecutor(12) as threads:
         futures = [threads.submit(b.process_message, f"m{i}", _context(i)) for i in range(12)]
-        while len(b.waiting) + sum(n for _, n in _CALLS) < 12:
-            threading.Event().wait(0.01)
+        _until(lambda: len(b.waiting) + sum(n for _, n in _CALLS) == 12,
+               "every message handed in or sent")
         b.terminate()
         _GATE.set()
         outcomes = [f.exception(5) for f in futures]

@@ -19,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)  # about an hour on 2 cores: more than the default 900 s
 def test_a_long_faulty_run_killed_and_resumed_equals_the_straight_one_without_growing(
         tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
