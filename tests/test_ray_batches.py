@@ -19,7 +19,13 @@ from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
 from flwr.simulation.ray_transport.ray_actor import VirtualClientEngineActor
 
 from fedmeta.app import ray_batches
-from fedmeta.app.ray_batches import BatchedBackend, RemoteTraceback, raised, run_jobs
+from fedmeta.app.ray_batches import (
+    BatchedBackend,
+    RemoteTraceback,
+    call_size,
+    raised,
+    run_jobs,
+)
 from fedmeta.app.worker_queue import worker_batch
 from fedmeta.config import Config, FaultsConfig, SimulationConfig, from_flat
 from fedmeta.errors import ConfigError
@@ -141,20 +147,27 @@ def test_each_message_gets_its_own_reply_in_calls_of_at_most_batch(backend: Any)
     assert {name for name, _ in _CALLS} == {"actor0", "actor1"}
 
 
-def test_a_call_takes_its_share_of_the_waiting_messages(backend: Any) -> None:
-    """While both actors are busy, 6 messages wait: the next call takes 3 of them (a share
-    per actor), the one after 2 of the 3 left, the last 1; not one actor 6 (so that the
-    last messages of a round spread over the actors)."""
+def test_a_call_takes_at_most_its_slots_share_of_the_waiting_messages(backend: Any) -> None:
+    """While both actors (a slot each) are busy, 7 messages wait: the next call takes 3 of
+    them (7 // 2 slots), then 2 of the 4 left, then one a call (so that a round's last
+    messages spread over the actors and they finish together)."""
     b = backend(1, 8)
-    with ThreadPoolExecutor(8) as threads:
+    with ThreadPoolExecutor(9) as threads:
         futures = [threads.submit(b.process_message, f"m{i}", _context(i)) for i in range(2)]
         _until(lambda: len(_CALLS) == 2, "a call per actor")
         futures += [threads.submit(b.process_message, f"m{i}", _context(i))
-                    for i in range(2, 8)]
-        _until(lambda: len(b.waiting) == 6, "six messages waiting")
+                    for i in range(2, 9)]
+        _until(lambda: len(b.waiting) == 7, "seven messages waiting")
         _GATE.set()
-        assert [f.result(5)[0][0] for f in futures] == [f"m{i}" for i in range(8)]
-    assert [n for _, n in _CALLS] == [1, 1, 3, 2, 1]
+        assert [f.result(5)[0][0] for f in futures] == [f"m{i}" for i in range(9)]
+    assert [n for _, n in _CALLS] == [1, 1, 3, 2, 1, 1]
+
+
+@pytest.mark.parametrize(("waiting", "slots", "batch", "size"), [
+    (100, 4, 8, 8), (20, 4, 8, 5), (7, 4, 8, 1), (3, 4, 8, 1), (1, 1, 8, 1), (9, 1, 8, 8),
+    (50, 200, 8, 1), (400, 200, 8, 2), (5, 1, 1, 1)])
+def test_call_sizes(waiting: int, slots: int, batch: int, size: int) -> None:
+    assert call_size(waiting, slots, batch) == size
 
 
 def test_each_actor_gets_depth_calls_at_once(backend: Any) -> None:
