@@ -193,13 +193,14 @@ class SimulationConfig:
     """Resources of the Ray simulation: per device, and for the whole of Ray (0: all);
     ``dispatch``: how Flower's engine pumps messages to devices (``fedmeta.app.dispatch``:
     ``indexed`` scans the stored messages once a poll, ``flower`` once per node a poll).
-    ``worker_queue``: messages a Ray worker holds at once, the next queued while it computes
+    ``worker_queue``: Ray calls a worker holds at once, the next queued while it computes
     one (``fedmeta.app.worker_queue``; 1: Flower's pool, one at a time; runs with hanging
-    devices use 1 whatever is set). ``worker_batch``: messages sent to a Ray worker in one
-    call (``fedmeta.app.ray_batches``; 1: Flower's actors, a call per message; runs with
-    hanging devices use 1). ``ray_address``: join that running Ray cluster
-    (``auto``, ``host:port`` or ``ray://host:port``; docs/scale.md) instead of starting a
-    local Ray; ``ray_cpus`` then does not apply (the cluster's nodes have their own)."""
+    devices use 1 whatever is set). ``worker_batch``: the most messages sent to a Ray
+    worker in one call, fewer at a round's end (``fedmeta.app.ray_batches``; 1: Flower's
+    actors, a call per message; runs with hanging devices use 1). ``ray_address``: join
+    that running Ray cluster (``auto``, ``host:port`` or ``ray://host:port``;
+    docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then does not apply (the
+    cluster's nodes have their own)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0

@@ -110,14 +110,16 @@ def test_flwr_run_runs_the_app_on_a_local_simulation(tmp_path: Path) -> None:
 def test_two_ray_runs_of_one_config_write_the_same_results_whichever_node_ids(
         tmp_path: Path) -> None:
     """Under SecAgg+ messages carry node ids (public keys keyed by them); Ray draws fresh
-    random ids each run, and the bytes counted must not change with them."""
+    random ids each run, and the bytes counted must not change with them. (SecAgg+'s
+    stochastic rounding is drawn from secrets unless ``insecure_reproducible_noise``: with
+    it the runs differ only if the node ids change what is computed or counted.)"""
     import fedmeta
 
     config = {"train": {"seed": 5}, "meta": {"eval_steps": 1},
               "federation": {"num_devices": 4, "num_held_out": 1, "rounds": 2,
                              "fraction_train": 1.0, "min_train_devices": 3, "eval_every": 2,
                              "meta_batch": 2, "eval_episodes": 2},
-              "privacy": {"secure_aggregation": True},
+              "privacy": {"secure_aggregation": True, "insecure_reproducible_noise": True},
               "simulation": {"num_cpus": 1, "ray_cpus": 2}}
     for name in ("a", "b"):
         fedmeta.simulate(config, tmp_path / name, progress=False)

@@ -118,7 +118,7 @@ def _nodes_that_ran_devices(address: str) -> set[str]:
                  for n in ray.nodes()}
         actors = state.actors().values()
         return {names[a["Address"]["NodeID"]] for a in actors
-                if a["ActorClassName"].endswith("ClientAppActor")}
+                if a["ActorClassName"].endswith(("ClientAppActor", "BatchedAppActor"))}
     finally:
         ray.shutdown()
 
