@@ -11,7 +11,9 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   summed and sampled every 0.2 s by a thread; also the driver's and the largest worker's;
 - overhead share: ``1 - meta / round``, where ``meta`` is the devices' own meta-learning
   time (the same ``local_meta_train`` calls, same devices, rounds and seeds, timed in this
-  process single-threaded) divided by the number of Ray workers that ran them;
+  process single-threaded just before and just after the Ray run, the mean of the two)
+  divided by the number of Ray workers that ran them; how far the second timing is from the
+  first shows how much the host's speed drifted meanwhile;
 - the Ray workers: how many ``ClientAppActor`` (or fedmeta's ``BatchedAppActor``) processes
   the run had at most.
 
@@ -199,18 +201,26 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
     """The summed single-threaded time of the sampled devices' ``local_meta_train`` calls in
     each of ``rounds`` (the same devices, seeds and work as on Ray)."""
     from fedmeta.app.simulation import as_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _timed_rounds(as_config(config), rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _timed_rounds(cfg: Any, rounds: list[int]) -> dict[int, float]:
     from fedmeta.app.strategy import SAMPLING_STREAM
     from fedmeta.federated import FEDERATED_ALGORITHMS, adapt_steps
     from fedmeta.local_update import local_meta_train
     from fedmeta.meta import build_learner
+    from fedmeta.models import build_model
     from fedmeta.tasks.factory import build_device_tasks, build_tasks
 
-    torch.set_num_threads(1)
-    cfg = as_config(config)
     fed = cfg.federation
     algorithm = FEDERATED_ALGORITHMS[fed.algorithm]
     tasks = build_tasks(cfg.task, seed=cfg.train.seed)
-    from fedmeta.models import build_model
     learner = build_learner(algorithm.learner, build_model(tasks.model, **tasks.model_kwargs),
                             inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
                             eval_steps=cfg.meta.eval_steps)
@@ -241,12 +251,16 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch, ray_cpus,
                           batch)
     count = per_round(size, fraction)
+    steady_rounds = list(range(2, rounds + 1))
+    meta_learning_seconds(config, steady_rounds[:1])  # warm-up (torch's first calls), untimed
+    meta_before = meta_learning_seconds(config, steady_rounds)
     before = steal_and_total()
     ray_run = run_on_ray(config)
     after = steal_and_total()
     steal = (after[0] - before[0]) / max(after[1] - before[1], 1)
     steady = {int(r): s for r, s in ray_run["round_s"].items()}
-    meta = meta_learning_seconds(config, sorted(steady))
+    meta_after = meta_learning_seconds(config, sorted(steady))
+    meta = {r: (meta_before[r] + meta_after[r]) / 2 for r in steady}
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
@@ -257,6 +271,7 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
             "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * count),
+            "meta_drift": sum(meta_after.values()) / sum(meta_before[r] for r in steady) - 1,
             "overhead_share": statistics.median(shares)}
 
 
@@ -282,7 +297,10 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "per row in a fresh process; "
              "per-round times are the median over rounds 2..R (round 1 starts the workers); "
              "overhead share = 1 - (devices' meta-learning time, single-threaded, / Ray "
-             "workers) / round time. Dispatch: how Flower's engine pumps messages to "
+             "workers) / round time; the meta-learning is timed just before and just after "
+             "the Ray run (rows measured before 2026-12-03 08:30 UTC: after only) and their "
+             "mean used, the change from the first timing to the second in brackets (the "
+             "host's speed drifting). Dispatch: how Flower's engine pumps messages to "
              "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
              "stored message), `indexed` is fedmeta's (each message checked once, a poll "
@@ -315,12 +333,14 @@ def write(results: list[dict[str, Any]], started: str) -> None:
                          f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||")
             continue
         runs = r.get("overhead_runs", [])
+        drift = f" ({100 * r['meta_drift']:+.0f}%)" if "meta_drift" in r else ""
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
             f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
             f"{r['per_round']} | {r['ray_workers']} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
-            f"{r['meta_per_device_ms']:.1f} | {100 * r['overhead_share']:.0f}%"
+            f"{r['meta_per_device_ms']:.1f}{drift} | "
+            f"{100 * r['overhead_share']:.0f}%"
             f"{' [' + ', '.join(f'{100 * x:.0f}' for x in runs) + ']' if len(runs) > 1 else ''}"
             f" | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
