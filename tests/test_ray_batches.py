@@ -51,9 +51,11 @@ class _Actor:
             if any(message == "ray-fails" for message, _, _ in jobs):
                 done.set_exception(RuntimeError("the actor died"))
                 return
-            done.set_result([(None, None, (False, "boom", "Traceback: boom"))
-                             if message == "boom" else ((message, cid), context, None)
-                             for message, cid, context in jobs])
+            outcomes = [(None, None, (False, "boom", "Traceback: boom"))
+                        if message == "boom" else ((message, cid), context, None)
+                        for message, cid, context in jobs]
+            short = any(message == "short" for message, _, _ in jobs)  # one reply missing
+            done.set_result(outcomes[:-1] if short else outcomes)
 
         threading.Thread(target=reply, daemon=True).start()
         return SimpleNamespace(future=lambda: done)
@@ -196,6 +198,15 @@ def test_a_failing_message_fails_alone_with_flowers_error(backend: Any) -> None:
 def test_a_call_ray_could_not_run_fails_each_of_its_messages(backend: Any) -> None:
     replies = _send(backend(1, 8), ["ray-fails"])
     assert isinstance(replies[0], RuntimeError) and "the actor died" in str(replies[0])
+
+
+def test_a_call_answered_short_fails_its_messages_and_frees_its_slot(backend: Any) -> None:
+    b = backend(1, 8)
+    replies = _send(b, ["short"])
+    assert isinstance(replies[0], RuntimeError)
+    assert "answered 0 messages of a call of 1" in str(replies[0])
+    _until(lambda: len(b.free) == 2, "both actor slots free again")
+    assert b.process_message("m1", _context(1))[0] == ("m1", "1")
 
 
 def test_terminate_fails_waiting_messages_and_asks_each_actor_once(backend: Any) -> None:

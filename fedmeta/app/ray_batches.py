@@ -178,21 +178,26 @@ class BatchedBackend(Backend):
                 self._replied(actor, jobs, _failed(ex))
 
     def _replied(self, actor: Any, jobs: list[Job], done: Future[list[Outcome]]) -> None:
-        """Hand each job its reply or error, and the actor slot back."""
+        """Hand each job its reply or error, and the actor slot back (whatever happens: a
+        job left without either would hang its engine thread)."""
         try:
             outcomes = done.result()
-        except Exception as ex:  # noqa: BLE001 - the call failed (a Ray error): every job with it
-            for job in jobs:
-                job.reply.set_exception(ex)
-        else:
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"a Ray worker answered {len(outcomes)} messages of a "
+                                   f"call of {len(jobs)}")
             for job, (reply, context, failure) in zip(jobs, outcomes, strict=True):
                 if failure is None:
                     job.reply.set_result((reply, context))  # type: ignore[arg-type]
                 else:
                     job.reply.set_exception(raised(failure))
-        with self.changed:
-            self.free.append(actor)
-            self.changed.notify_all()
+        except Exception as ex:  # noqa: BLE001 - the call failed (a Ray error): its jobs with it
+            for job in jobs:
+                if not job.reply.done():
+                    job.reply.set_exception(ex)
+        finally:
+            with self.changed:
+                self.free.append(actor)
+                self.changed.notify_all()
 
     def terminate(self) -> None:
         with self.changed:
