@@ -15,10 +15,10 @@ messages in a call and running them one after another, each exactly as Flower's
 batch``) hand their messages to a queue; one thread takes them from it as actors free up,
 in calls of ``min(batch, max(1, waiting // slots))`` messages (slots: ``actors x depth``):
 no call takes more than its slot's share of what waits, so a round's last messages go one a
-call and the actors finish together, as in Flower's pool. (``ceil(waiting / actors)`` was
-measured to lengthen a round of 10 messages an actor by a fifth in a simulation of the
-queue, benchmarks/results/ray_batch_sizes.md.) A message's failure fails
-that message alone, as it would alone: the engine turns it into Flower's error reply.
+call and the actors finish together, as in Flower's pool. (``ceil(waiting / actors)``
+lengthened a round of 10 messages an actor by a fifth in a model of the queue,
+benchmarks/results/ray_batches.md.) A message's failure fails that message alone, as it
+would alone: the engine turns it into Flower's error reply.
 """
 
 from __future__ import annotations
