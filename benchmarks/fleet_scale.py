@@ -14,6 +14,11 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   process single-threaded just before and just after the Ray run, the mean of the two)
   divided by the number of Ray workers that ran them; how far the second timing is from the
   first shows how much the host's speed drifted meanwhile;
+- the same share against the learning timed with every core busy with it (``co_run``: as
+  many processes at once as Ray workers, each running every device's learning, just after
+  the Ray run): what is left is the simulation's own cost (Ray, Flower, the ClientApp and the
+  driver); the difference between the two shares is what running side by side costs the
+  learning itself (shared caches and memory, the driver's threads preempting it);
 - the Ray workers: how many ``ClientAppActor`` (or fedmeta's ``BatchedAppActor``) processes
   the run had at most.
 
@@ -36,6 +41,7 @@ import argparse
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -210,6 +216,21 @@ def meta_learning_seconds(config: dict[str, Any], rounds: list[int]) -> dict[int
         torch.set_num_threads(threads)
 
 
+def _warm_and_time(config: dict[str, Any], rounds: list[int]) -> dict[int, float]:
+    """``meta_learning_seconds`` after an untimed warm-up round (in a fresh process)."""
+    meta_learning_seconds(config, rounds[:1])
+    return meta_learning_seconds(config, rounds)
+
+
+def co_run(config: dict[str, Any], rounds: list[int], processes: int) -> dict[int, float]:
+    """``meta_learning_seconds`` in ``processes`` processes at once, each timing every
+    device; the mean of their times per round."""
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process holds torch/Ray
+    with spawn.Pool(processes) as pool:
+        timed = pool.starmap(_warm_and_time, [(config, rounds)] * processes)
+    return {r: statistics.mean(t[r] for t in timed) for r in rounds}
+
+
 def _timed_rounds(cfg: Any, rounds: list[int]) -> dict[int, float]:
     from fedmeta.app.strategy import SAMPLING_STREAM
     from fedmeta.federated import FEDERATED_ALGORITHMS, adapt_steps
@@ -263,6 +284,8 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     meta = {r: (meta_before[r] + meta_after[r]) / 2 for r in steady}
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
+    side_by_side = co_run(config, sorted(steady), workers)
+    co_shares = [1 - side_by_side[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
             "rounds": rounds, "worker_queue": queue, "worker_batch": batch,
             "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
@@ -272,7 +295,9 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
             "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * count),
             "meta_drift": sum(meta_after.values()) / sum(meta_before[r] for r in steady) - 1,
-            "overhead_share": statistics.median(shares)}
+            "overhead_share": statistics.median(shares),
+            "co_run_per_device_ms": 1000 * sum(side_by_side.values()) / (len(meta) * count),
+            "overhead_share_co_run": statistics.median(co_shares)}
 
 
 def steal_and_total() -> tuple[int, int]:
@@ -300,7 +325,11 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "workers) / round time; the meta-learning is timed just before and just after "
              "the Ray run (rows measured before 2026-12-03 08:30 UTC: after only) and their "
              "mean used, the change from the first timing to the second in brackets (the "
-             "host's speed drifting). Dispatch: how Flower's engine pumps messages to "
+             "host's speed drifting). Side by side (rows measured from 2026-12-03 12:00 UTC): "
+             "the devices' learning timed in as many processes at once as Ray workers (every "
+             "core busy with it, as on Ray) and the overhead share against that: the "
+             "simulation's own cost; the gap to the overhead share is what running side by "
+             "side costs the learning itself. Dispatch: how Flower's engine pumps messages to "
              "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
              "stored message), `indexed` is fedmeta's (each message checked once, a poll "
@@ -320,20 +349,25 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "",
              "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms | "
-             "overhead share | peak RSS tree MB | driver MB | largest worker MB | wall s | "
+             "overhead share | side by side: ms, share | peak RSS tree MB | driver MB | "
+             "largest worker MB | wall s | "
              "CPU s workers / others | load | steal |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-             "---:|---|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+             "---:|---:|---|---:|"]
     for r in results:
         steal = f"{100 * r['steal_share']:.0f}%" if "steal_share" in r else ""
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
                          f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | "
                          f"{r.get('meta_batch', '?')} | "
-                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||")
+                         f"{r.get('per_round', '?')} | failed: {r['error']} |||||||||||||")
             continue
         runs = r.get("overhead_runs", [])
         drift = f" ({100 * r['meta_drift']:+.0f}%)" if "meta_drift" in r else ""
+        co = (f"{r['co_run_per_device_ms']:.1f}, {100 * r['overhead_share_co_run']:.0f}%"
+              + (" [" + ", ".join(f"{100 * x:.0f}" for x in r["co_run_runs"]) + "]"
+                 if len(r.get("co_run_runs", [])) > 1 else "")
+              if "overhead_share_co_run" in r else "")
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
             f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
@@ -342,7 +376,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             f"{r['meta_per_device_ms']:.1f}{drift} | "
             f"{100 * r['overhead_share']:.0f}%"
             f"{' [' + ', '.join(f'{100 * x:.0f}' for x in runs) + ']' if len(runs) > 1 else ''}"
-            f" | "
+            f" | {co} | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
             f"{r.get('cpu_s_workers', float('nan')):.0f} / "
@@ -440,7 +474,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return failed[0]
     ordered = sorted(runs, key=lambda r: r["overhead_share"])
     return dict(ordered[len(ordered) // 2],
-                overhead_runs=[r["overhead_share"] for r in runs])
+                overhead_runs=[r["overhead_share"] for r in runs],
+                co_run_runs=[r.get("overhead_share_co_run", math.nan) for r in runs])
 
 
 def meta_batch_of(row: dict[str, Any]) -> int:
