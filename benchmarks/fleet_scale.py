@@ -14,6 +14,10 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   process single-threaded just before and just after the Ray run, the mean of the two)
   divided by the number of Ray workers that ran them; how far the second timing is from the
   first shows how much the host's speed drifted meanwhile;
+- the learning as the workers timed it (``load_timed_app``: fedmeta's actors, batch > 1,
+  load the ClientApp with its ``local_meta_train`` timed) and its share of the round: what is not
+  learning in a worker's round (Ray, Flower, the ClientApp around the learning, waiting)
+  is ``1 -`` that share, measured in the same run as the round;
 - the same share against the learning timed with every core busy with it (``co_run``: as
   many processes at once as Ray workers, each running every device's learning, just after
   the Ray run): what is left is the simulation's own cost (Ray, Flower, the ClientApp and the
@@ -47,8 +51,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +162,41 @@ class TreeMemory:
         self._thread.join()
 
 
+def load_timed_app(folder: str) -> Any:
+    """fedmeta's device app, loaded in a Ray worker (``fedmeta.app.ray_batches``' loader)
+    with its ``local_meta_train`` calls timed: each call's (end, seconds) appended to
+    ``<folder>/<pid>.txt`` (``time.perf_counter``: the host's monotonic clock, the same in
+    every process). What the device computes is unchanged."""
+    from fedmeta.app import client_app
+
+    learn = client_app.local_meta_train
+    if not getattr(learn, "timed", False):
+        path = Path(folder) / f"{os.getpid()}.txt"
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            update = learn(*args, **kwargs)
+            end = time.perf_counter()
+            with path.open("a") as log:
+                log.write(f"{end} {end - start}\n")
+            return update
+        timed.timed = True  # type: ignore[attr-defined]
+        client_app.local_meta_train = timed
+    return client_app.app
+
+
+def learning_by_round(folder: Path, train: dict[int, float], rounds: list[int]
+                      ) -> dict[int, float]:
+    """The workers' timed learning in each of ``rounds``: the calls that ended between the
+    previous round's training record and this one's."""
+    calls = [tuple(map(float, line.split())) for log in folder.glob("*.txt")
+             for line in log.read_text().splitlines()]
+    return {r: sum(s for end, s in calls if train[r - 1] < end <= train[r]) for r in rounds}
+
+
 def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
-    """One federated run on the simulation engine; the times of its records."""
+    """One federated run on the simulation engine; the times of its records and of the
+    learning in its workers (``time_learning_in_worker``)."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -166,6 +205,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     from fedmeta.app import client_app
     from fedmeta.app.server_app import run_federation
     from fedmeta.app.dispatch import message_pump
+    from fedmeta.app import worker_queue as worker_queue_module
     from fedmeta.app.worker_queue import queued_workers, worker_batch, worker_queue
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
@@ -179,24 +219,30 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             (row.round, row.source, time.perf_counter())),
             partitions=nodes.wait(cfg.federation.discovery_timeout))
 
+    backend = backend_config(cfg.simulation, False)
+    logs = tempfile.TemporaryDirectory(prefix="fleet_scale_")
+    by_reference = worker_queue_module.by_reference  # fedmeta's actors load the timed app
+    worker_queue_module.by_reference = lambda app_fn: partial(load_timed_app, logs.name)
     start, load = time.perf_counter(), os.getloadavg()[0]
-    with TreeMemory() as memory, _flower_logs(False), \
+    with logs, TreeMemory() as memory, _flower_logs(False), \
             message_pump(cfg.simulation.dispatch) as nodes, \
             queued_workers(worker_queue(cfg), worker_batch(cfg)):
         try:
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
-                           backend_config=backend_config(cfg.simulation, False))
+                           backend_config=backend)
         finally:
+            worker_queue_module.by_reference = by_reference
             if ray.is_initialized():
                 ray.shutdown()
-    wall = time.perf_counter() - start
-    train = {r: t for r, source, t in marks if source == "train"}
-    evals = {r for r, source, _ in marks if source == "eval"}
-    first_eval = next(t for r, source, t in marks if source == "eval" and r == 0)
-    steady = {r: train[r] - train[r - 1] for r in sorted(train)
-              if r >= 2 and (r - 1) not in evals}
+        wall = time.perf_counter() - start
+        train = {r: t for r, source, t in marks if source == "train"}
+        evals = {r for r, source, _ in marks if source == "eval"}
+        first_eval = next(t for r, source, t in marks if source == "eval" and r == 0)
+        steady = {r: train[r] - train[r - 1] for r in sorted(train)
+                  if r >= 2 and (r - 1) not in evals}
+        in_workers = learning_by_round(Path(logs.name), train, sorted(steady))
     return {"wall_s": wall, "startup_s": first_eval - start,
-            "round1_s": train[1] - first_eval, "round_s": steady,
+            "round1_s": train[1] - first_eval, "round_s": steady, "in_workers_s": in_workers,
             "peak_rss_mb": memory.peak / 2**20, "driver_peak_rss_mb": memory.driver_peak / 2**20,
             "worker_peak_rss_mb": memory.worker_peak / 2**20, "ray_workers": memory.actors,
             "cpu_s_workers": memory.cpu_seconds(True), "cpu_s_others": memory.cpu_seconds(False),
@@ -286,6 +332,9 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
     side_by_side = co_run(config, sorted(steady), workers)
     co_shares = [1 - side_by_side[r] / workers / steady[r] for r in steady]
+    in_workers = {int(r): s for r, s in ray_run.pop("in_workers_s").items()}
+    timed = all(in_workers[r] > 0 for r in steady)  # only fedmeta's actors (batch > 1) time
+    learning_shares = [in_workers[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
             "rounds": rounds, "worker_queue": queue, "worker_batch": batch,
             "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
@@ -297,7 +346,11 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
             "meta_drift": sum(meta_after.values()) / sum(meta_before[r] for r in steady) - 1,
             "overhead_share": statistics.median(shares),
             "co_run_per_device_ms": 1000 * sum(side_by_side.values()) / (len(meta) * count),
-            "overhead_share_co_run": statistics.median(co_shares)}
+            "overhead_share_co_run": statistics.median(co_shares),
+            **({"in_workers_per_device_ms": 1000 * sum(in_workers.values())
+                / (len(meta) * count),
+                "learning_share_in_workers": statistics.median(learning_shares)}
+               if timed else {})}
 
 
 def steal_and_total() -> tuple[int, int]:
@@ -329,7 +382,9 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "the devices' learning timed in as many processes at once as Ray workers (every "
              "core busy with it, as on Ray) and the overhead share against that: the "
              "simulation's own cost; the gap to the overhead share is what running side by "
-             "side costs the learning itself. Dispatch: how Flower's engine pumps messages to "
+             "side costs the learning itself. In workers (from 12:15 UTC): the learning as "
+             "the Ray workers timed it (a device's `local_meta_train`, in the same run) and "
+             "its share of the round per worker. Dispatch: how Flower's engine pumps messages to "
              "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
              "stored message), `indexed` is fedmeta's (each message checked once, a poll "
@@ -349,18 +404,19 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "",
              "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms | "
-             "overhead share | side by side: ms, share | peak RSS tree MB | driver MB | "
+             "overhead share | side by side: ms, share | in workers: ms, learning share | "
+             "peak RSS tree MB | driver MB | "
              "largest worker MB | wall s | "
              "CPU s workers / others | load | steal |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
-             "---:|---:|---|---:|"]
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"
+             "---:|---:|---:|---|---:|"]
     for r in results:
         steal = f"{100 * r['steal_share']:.0f}%" if "steal_share" in r else ""
         if "error" in r:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
                          f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | "
                          f"{r.get('meta_batch', '?')} | "
-                         f"{r.get('per_round', '?')} | failed: {r['error']} |||||||||||||")
+                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||||")
             continue
         runs = r.get("overhead_runs", [])
         drift = f" ({100 * r['meta_drift']:+.0f}%)" if "meta_drift" in r else ""
@@ -368,6 +424,9 @@ def write(results: list[dict[str, Any]], started: str) -> None:
               + (" [" + ", ".join(f"{100 * x:.0f}" for x in r["co_run_runs"]) + "]"
                  if len(r.get("co_run_runs", [])) > 1 else "")
               if "overhead_share_co_run" in r else "")
+        inside = (f"{r['in_workers_per_device_ms']:.1f}, "
+                  f"{100 * r['learning_share_in_workers']:.0f}%"
+                  if "learning_share_in_workers" in r else "")
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
             f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
@@ -376,7 +435,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             f"{r['meta_per_device_ms']:.1f}{drift} | "
             f"{100 * r['overhead_share']:.0f}%"
             f"{' [' + ', '.join(f'{100 * x:.0f}' for x in runs) + ']' if len(runs) > 1 else ''}"
-            f" | {co} | "
+            f" | {co} | {inside} | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
             f"{r.get('cpu_s_workers', float('nan')):.0f} / "
