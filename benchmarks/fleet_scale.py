@@ -164,9 +164,10 @@ class TreeMemory:
 
 def load_timed_app(folder: str) -> Any:
     """fedmeta's device app, loaded in a Ray worker (``fedmeta.app.ray_batches``' loader)
-    with its ``local_meta_train`` calls timed: each call's (end, seconds) appended to
-    ``<folder>/<pid>.txt`` (``time.perf_counter``: the host's monotonic clock, the same in
-    every process). What the device computes is unchanged."""
+    with its ``local_meta_train`` calls timed: each call's end, seconds and CPU seconds (its
+    thread's: time the worker was preempted is not in it) appended to ``<folder>/<pid>.txt``
+    (``time.perf_counter``: the host's monotonic clock, the same in every process). What the
+    device computes is unchanged."""
     from fedmeta.app import client_app
 
     learn = client_app.local_meta_train
@@ -174,11 +175,11 @@ def load_timed_app(folder: str) -> Any:
         path = Path(folder) / f"{os.getpid()}.txt"
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             update = learn(*args, **kwargs)
-            end = time.perf_counter()
+            end, cpu = time.perf_counter(), time.thread_time() - cpu
             with path.open("a") as log:
-                log.write(f"{end} {end - start}\n")
+                log.write(f"{end} {end - start} {cpu}\n")
             return update
         timed.timed = True  # type: ignore[attr-defined]
         client_app.local_meta_train = timed
@@ -186,12 +187,14 @@ def load_timed_app(folder: str) -> Any:
 
 
 def learning_by_round(folder: Path, train: dict[int, float], rounds: list[int]
-                      ) -> dict[int, float]:
-    """The workers' timed learning in each of ``rounds``: the calls that ended between the
-    previous round's training record and this one's."""
+                      ) -> dict[int, tuple[float, float]]:
+    """The workers' timed learning (seconds, CPU seconds) in each of ``rounds``: the calls
+    that ended between the previous round's training record and this one's."""
     calls = [tuple(map(float, line.split())) for log in folder.glob("*.txt")
              for line in log.read_text().splitlines()]
-    return {r: sum(s for end, s in calls if train[r - 1] < end <= train[r]) for r in rounds}
+    return {r: (sum(s for end, s, _ in calls if train[r - 1] < end <= train[r]),
+                sum(c for end, _, c in calls if train[r - 1] < end <= train[r]))
+            for r in rounds}
 
 
 def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +335,9 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
     side_by_side = co_run(config, sorted(steady), workers)
     co_shares = [1 - side_by_side[r] / workers / steady[r] for r in steady]
-    in_workers = {int(r): s for r, s in ray_run.pop("in_workers_s").items()}
+    timings = {int(r): s for r, s in ray_run.pop("in_workers_s").items()}
+    in_workers = {r: s for r, (s, _) in timings.items()}
+    in_workers_cpu = {r: c for r, (_, c) in timings.items()}
     timed = all(in_workers[r] > 0 for r in steady)  # only fedmeta's actors (batch > 1) time
     learning_shares = [in_workers[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
@@ -348,6 +353,8 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
             "co_run_per_device_ms": 1000 * sum(side_by_side.values()) / (len(meta) * count),
             "overhead_share_co_run": statistics.median(co_shares),
             **({"in_workers_per_device_ms": 1000 * sum(in_workers.values())
+                / (len(meta) * count),
+                "in_workers_cpu_per_device_ms": 1000 * sum(in_workers_cpu.values())
                 / (len(meta) * count),
                 "learning_share_in_workers": statistics.median(learning_shares)}
                if timed else {})}
@@ -383,7 +390,8 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "core busy with it, as on Ray) and the overhead share against that: the "
              "simulation's own cost; the gap to the overhead share is what running side by "
              "side costs the learning itself. In workers (from 12:15 UTC): the learning as "
-             "the Ray workers timed it (a device's `local_meta_train`, in the same run) and "
+             "the Ray workers timed it (a device's `local_meta_train`, in the same run; from "
+             "12:40 UTC also its thread's CPU time, which leaves out preemption) and "
              "its share of the round per worker. Dispatch: how Flower's engine pumps messages to "
              "nodes (`simulation.dispatch`, fedmeta/app/dispatch.py): `flower` is Flower's "
              "own pump (every node asks for its messages every 0.1 s, each ask scans every "
@@ -424,7 +432,9 @@ def write(results: list[dict[str, Any]], started: str) -> None:
               + (" [" + ", ".join(f"{100 * x:.0f}" for x in r["co_run_runs"]) + "]"
                  if len(r.get("co_run_runs", [])) > 1 else "")
               if "overhead_share_co_run" in r else "")
-        inside = (f"{r['in_workers_per_device_ms']:.1f}, "
+        inside = (f"{r['in_workers_per_device_ms']:.1f}"
+                  + (f" ({r['in_workers_cpu_per_device_ms']:.1f} CPU)"
+                     if "in_workers_cpu_per_device_ms" in r else "") + ", "
                   f"{100 * r['learning_share_in_workers']:.0f}%"
                   if "learning_share_in_workers" in r else "")
         lines.append(
