@@ -14,11 +14,11 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   process single-threaded just before and just after the Ray run, the mean of the two)
   divided by the number of Ray workers that ran them; how far the second timing is from the
   first shows how much the host's speed drifted meanwhile;
-- the learning as the workers timed it (``load_timed_app``: fedmeta's actors, batch > 1,
-  load the ClientApp with its ``local_meta_train`` timed) and its share of the round: what is not
-  learning in a worker's round (Ray, Flower, the ClientApp around the learning, waiting)
-  is ``1 -`` that share, measured in the same run as the round;
-- the same share against the learning timed with every core busy with it (``co_run``: as
+- the learning as the workers timed it (``load_timed_app``: the Ray workers of
+  ``fedmeta.app.worker_queue`` load the ClientApp with its ``local_meta_train`` timed) and
+  its share of the round: what is not learning in a worker's round (Ray, Flower, the
+  ClientApp around the learning, waiting) is ``1 -`` that share, measured in the same run;
+- the overhead share against the learning timed with every core busy with it (``co_run``: as
   many processes at once as Ray workers, each running every device's learning, just after
   the Ray run): what is left is the simulation's own cost (Ray, Flower, the ClientApp and the
   driver); the difference between the two shares is what running side by side costs the
@@ -163,7 +163,7 @@ class TreeMemory:
 
 
 def load_timed_app(folder: str) -> Any:
-    """fedmeta's device app, loaded in a Ray worker (``fedmeta.app.ray_batches``' loader)
+    """fedmeta's device app, loaded in a Ray worker (``fedmeta.app.worker_queue``' loader)
     with its ``local_meta_train`` calls timed: each call's end, seconds and CPU seconds (its
     thread's: time the worker was preempted is not in it) appended to ``<folder>/<pid>.txt``
     (``time.perf_counter``: the host's monotonic clock, the same in every process). What the
@@ -190,16 +190,19 @@ def learning_by_round(folder: Path, train: dict[int, float], rounds: list[int]
                       ) -> dict[int, tuple[float, float]]:
     """The workers' timed learning (seconds, CPU seconds) in each of ``rounds``: the calls
     that ended between the previous round's training record and this one's."""
-    calls = [tuple(map(float, line.split())) for log in folder.glob("*.txt")
-             for line in log.read_text().splitlines()]
-    return {r: (sum(s for end, s, _ in calls if train[r - 1] < end <= train[r]),
-                sum(c for end, _, c in calls if train[r - 1] < end <= train[r]))
-            for r in rounds}
+    out = {r: (0.0, 0.0) for r in rounds}
+    for log in folder.glob("*.txt"):
+        for line in log.read_text().splitlines():
+            end, seconds, cpu = map(float, line.split())
+            r = next((r for r in rounds if train[r - 1] < end <= train[r]), None)
+            if r is not None:
+                out[r] = (out[r][0] + seconds, out[r][1] + cpu)
+    return out
 
 
 def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     """One federated run on the simulation engine; the times of its records and of the
-    learning in its workers (``time_learning_in_worker``)."""
+    learning in its workers (``load_timed_app``)."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -224,13 +227,13 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
 
     backend = backend_config(cfg.simulation, False)
     logs = tempfile.TemporaryDirectory(prefix="fleet_scale_")
-    by_reference = worker_queue_module.by_reference  # fedmeta's actors load the timed app
-    worker_queue_module.by_reference = lambda app_fn: partial(load_timed_app, logs.name)
+    by_reference = worker_queue_module.by_reference
     start, load = time.perf_counter(), os.getloadavg()[0]
     with logs, TreeMemory() as memory, _flower_logs(False), \
             message_pump(cfg.simulation.dispatch) as nodes, \
             queued_workers(worker_queue(cfg), worker_batch(cfg)):
-        try:
+        try:  # fedmeta's Ray workers load the timed app
+            worker_queue_module.by_reference = lambda _: partial(load_timed_app, logs.name)
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
                            backend_config=backend)
         finally:
@@ -338,7 +341,7 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     timings = {int(r): s for r, s in ray_run.pop("in_workers_s").items()}
     in_workers = {r: s for r, (s, _) in timings.items()}
     in_workers_cpu = {r: c for r, (_, c) in timings.items()}
-    timed = all(in_workers[r] > 0 for r in steady)  # only fedmeta's actors (batch > 1) time
+    timed = all(in_workers[r] > 0 for r in steady)  # a round without timed calls: none
     learning_shares = [in_workers[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
             "rounds": rounds, "worker_queue": queue, "worker_batch": batch,

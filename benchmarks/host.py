@@ -15,3 +15,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The instruction sets that decide a CPU's float32 and bfloat16 speed (``avx512_bf16``,
+``amx_bf16``: units that compute in bfloat16; without them oneDNN emulates it)."""
+
+
+def isa() -> list[str]:
+    """Those of ``ISA_FLAGS`` this CPU reports (from /proc/cpuinfo on Linux; else none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return [f for f in ISA_FLAGS if f in flags]

@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from host import cpu_name  # benchmarks/host.py, beside this script
+from host import cpu_name, isa  # benchmarks/host.py, beside this script
 from meta_throughput import META_LR, plain_step, synthetic_batch
 
 from fedmeta.meta import FirstOrderMAML, MetaLearner, MetaTrainer, ProtoNet, Reptile
@@ -41,20 +41,6 @@ from fedmeta.models import Conv4
 RESULTS = Path(__file__).resolve().parent / "results"
 LEARNERS: dict[str, type[MetaLearner]] = {"fomaml": FirstOrderMAML, "reptile": Reptile,
                                           "protonet": ProtoNet}
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def isa() -> list[str]:
-    """The instruction-set flags of ``ISA_FLAGS`` this CPU reports (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return [f for f in ISA_FLAGS if f in flags]
-
-
 def contenders(meta_batch: int, eval_episodes: int
                ) -> dict[str, dict[str, Callable[[], object]]]:
     """name -> {precision: a call}; the same parameters and episodes for both precisions."""

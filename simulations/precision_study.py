@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from host import isa  # noqa: E402  (benchmarks/host.py)
 from leaderboard import TEST, VALIDATION, Budget, Job, Row, central_config, host  # noqa: E402
 from leaderboard_report import paired_margin, seed_ci  # noqa: E402
 
@@ -250,13 +252,8 @@ def plot(entries: list[dict[str, Any]], path: Path) -> None:
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in
-                     Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "flags unknown"
-    units = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return ", ".join(units) if units else "no bfloat16 units"
+    """The CPU's bfloat16 units, if any."""
+    return ", ".join(f for f in isa() if f.endswith("bf16")) or "no bfloat16 units"
 
 
 def main(argv: list[str] | None = None) -> None:
