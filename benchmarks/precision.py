@@ -138,6 +138,11 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS / "precision")
     args = parser.parse_args()
+    for name in ("reps", "meta_batch", "eval_episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
+    if min(args.threads) < 1:
+        parser.error(f"--threads {args.threads}: integers >= 1")
     report: dict[str, object] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_name(), "isa": isa(), "capability": torch.backends.cpu.get_cpu_capability(),
