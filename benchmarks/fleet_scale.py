@@ -10,10 +10,12 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
 - peak memory: the RSS of the whole process tree (driver, Ray's GCS, raylet and workers),
   summed and sampled every 0.2 s by a thread; also the driver's and the largest worker's;
 - overhead share: ``1 - meta / round``, where ``meta`` is the devices' own meta-learning
-  time (the same ``local_meta_train`` calls, same devices, rounds and seeds, timed in this
-  process single-threaded just before and just after the Ray run, the mean of the two)
-  divided by the number of Ray workers that ran them; how far the second timing is from the
-  first shows how much the host's speed drifted meanwhile;
+  time (the same ``local_meta_train`` calls, same devices, rounds and seeds, timed
+  single-threaded in the driver right after each round while the federation waits, so
+  seconds from the round it is compared with) divided by the number of Ray workers that
+  ran them; also against the same learning timed just before and just after the Ray run
+  (the mean of the two; how far the second timing is from the first shows how much the
+  host's speed drifted over the run's minutes);
 - the learning as the workers timed it (``load_timed_app``: the Ray workers of
   ``fedmeta.app.worker_queue`` load the ClientApp with its ``local_meta_train`` timed) and
   its share of the round: what is not learning in a worker's round (Ray, Flower, the
@@ -200,9 +202,13 @@ def learning_by_round(folder: Path, train: dict[int, float], rounds: list[int]
     return out
 
 
-def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
+def run_on_ray(config: dict[str, Any], paired: bool = True) -> dict[str, Any]:
     """One federated run on the simulation engine; the times of its records and of the
-    learning in its workers (``load_timed_app``)."""
+    learning in its workers (``load_timed_app``). With ``paired``, each round's devices'
+    learning is also timed in this process right after the round (``between_s``), the
+    federation waiting meanwhile: a reference seconds from the round it is compared with,
+    not minutes, so the host's speed drifting does not come between them; a round's time
+    then starts when that timing of the previous round ended."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -219,11 +225,27 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     marks: list[tuple[int, str, float]] = []
     server = ServerApp()
 
+    between: dict[int, float] = {}  # round -> the reference timed right after it
+    resumed: dict[int, float] = {}  # round -> when its reference timing ended
+    paused = [0.0, 0.0]  # the seconds and the driver's CPU seconds those timings took
+
+    def on_row(row: Any) -> None:
+        """Mark the row; after a training record, time that round's devices' learning in
+        this process while the workers have nothing to do (the next round waits for it)."""
+        marks.append((row.round, row.source, time.perf_counter()))
+        if paired and row.source == "train":
+            cpu = time.thread_time()
+            timed = meta_learning_seconds(config, [row.round])  # round 1: a warm-up
+            if row.round >= 2:
+                between[row.round] = timed[row.round]
+            resumed[row.round] = time.perf_counter()
+            paused[0] += resumed[row.round] - marks[-1][2]
+            paused[1] += time.thread_time() - cpu
+
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, lambda row: marks.append(
-            (row.round, row.source, time.perf_counter())),
-            partitions=nodes.wait(cfg.federation.discovery_timeout))
+        run_federation(grid, cfg, on_row,
+                       partitions=nodes.wait(cfg.federation.discovery_timeout))
 
     backend = backend_config(cfg.simulation, False)
     logs = tempfile.TemporaryDirectory(prefix="fleet_scale_")
@@ -240,18 +262,20 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             worker_queue_module.by_reference = by_reference
             if ray.is_initialized():
                 ray.shutdown()
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start - paused[0]
         train = {r: t for r, source, t in marks if source == "train"}
         evals = {r for r, source, _ in marks if source == "eval"}
         first_eval = next(t for r, source, t in marks if source == "eval" and r == 0)
-        steady = {r: train[r] - train[r - 1] for r in sorted(train)
+        steady = {r: train[r] - resumed.get(r - 1, train[r - 1]) for r in sorted(train)
                   if r >= 2 and (r - 1) not in evals}
         in_workers = learning_by_round(Path(logs.name), train, sorted(steady))
     return {"wall_s": wall, "startup_s": first_eval - start,
             "round1_s": train[1] - first_eval, "round_s": steady, "in_workers_s": in_workers,
             "peak_rss_mb": memory.peak / 2**20, "driver_peak_rss_mb": memory.driver_peak / 2**20,
             "worker_peak_rss_mb": memory.worker_peak / 2**20, "ray_workers": memory.actors,
-            "cpu_s_workers": memory.cpu_seconds(True), "cpu_s_others": memory.cpu_seconds(False),
+            "cpu_s_workers": memory.cpu_seconds(True),
+            "cpu_s_others": memory.cpu_seconds(False) - paused[1],
+            "between_s": {r: between[r] for r in steady if r in between},
             "load": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
@@ -333,9 +357,11 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     steal = (after[0] - before[0]) / max(after[1] - before[1], 1)
     steady = {int(r): s for r, s in ray_run["round_s"].items()}
     meta_after = meta_learning_seconds(config, sorted(steady))
-    meta = {r: (meta_before[r] + meta_after[r]) / 2 for r in steady}
+    outside = {r: (meta_before[r] + meta_after[r]) / 2 for r in steady}
+    meta = {int(r): s for r, s in ray_run.pop("between_s").items()}
     workers = max(ray_run["ray_workers"], 1)
     shares = [1 - meta[r] / workers / steady[r] for r in steady]
+    outside_shares = [1 - outside[r] / workers / steady[r] for r in steady]
     side_by_side = co_run(config, sorted(steady), workers)
     co_shares = [1 - side_by_side[r] / workers / steady[r] for r in steady]
     timings = {int(r): s for r, s in ray_run.pop("in_workers_s").items()}
@@ -351,8 +377,12 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
             "round_s_each": [round(steady[r], 3) for r in sorted(steady)],
             "meta_s_each": [round(meta[r], 3) for r in sorted(steady)],
             "meta_per_device_ms": 1000 * sum(meta.values()) / (len(meta) * count),
-            "meta_drift": sum(meta_after.values()) / sum(meta_before[r] for r in steady) - 1,
+            "reference": "between rounds",
             "overhead_share": statistics.median(shares),
+            "overhead_share_each": [round(x, 3) for x in shares],
+            "outside_per_device_ms": 1000 * sum(outside.values()) / (len(meta) * count),
+            "meta_drift": sum(meta_after.values()) / sum(meta_before[r] for r in steady) - 1,
+            "overhead_share_outside": statistics.median(outside_shares),
             "co_run_per_device_ms": 1000 * sum(side_by_side.values()) / (len(meta) * count),
             "overhead_share_co_run": statistics.median(co_shares),
             **({"in_workers_per_device_ms": 1000 * sum(in_workers.values())
@@ -385,10 +415,16 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "per row in a fresh process; "
              "per-round times are the median over rounds 2..R (round 1 starts the workers); "
              "overhead share = 1 - (devices' meta-learning time, single-threaded, / Ray "
-             "workers) / round time; the meta-learning is timed just before and just after "
-             "the Ray run (rows measured before 2026-12-03 08:30 UTC: after only) and their "
-             "mean used, the change from the first timing to the second in brackets (the "
-             "host's speed drifting). Side by side (rows measured from 2026-12-03 12:00 UTC): "
+             "workers) / round time, the median over those rounds. Between rounds (rows "
+             "measured from 2026-12-03 13:40 UTC): each round's devices' learning is timed in "
+             "the driver right after that round, the federation waiting meanwhile (the pause "
+             "is left out of the round's time and of the wall time), so the reference is "
+             "seconds from the round it is compared with; the overhead share column is "
+             "against it. Before/after: the learning timed just before and just after the "
+             "Ray run (rows measured before 2026-12-03 08:30 UTC: after only), their mean, "
+             "and the change from the first timing to the second in brackets (the host's "
+             "speed drifting over minutes); rows measured before 13:40 UTC have only this "
+             "reference. Side by side (rows measured from 2026-12-03 12:00 UTC): "
              "the devices' learning timed in as many processes at once as Ray workers (every "
              "core busy with it, as on Ray) and the overhead share against that: the "
              "simulation's own cost; the gap to the overhead share is what running side by "
@@ -414,12 +450,14 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "machine's cores are slower then).",
              "",
              "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "
-             "start-up s | round 1 s | round s (median) | device meta-learning ms | "
-             "overhead share | side by side: ms, share | in workers: ms, learning share | "
+             "start-up s | round 1 s | round s (median) | device meta-learning ms, between "
+             "rounds | overhead share | before/after: ms (drift), share | "
+             "side by side: ms, share | in workers: ms, learning share | "
              "peak RSS tree MB | driver MB | "
              "largest worker MB | wall s | "
              "CPU s workers / others | load | steal |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"
+             "---:|"
              "---:|---:|---:|---|---:|"]
     for r in results:
         steal = f"{100 * r['steal_share']:.0f}%" if "steal_share" in r else ""
@@ -427,13 +465,22 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
                          f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | "
                          f"{r.get('meta_batch', '?')} | "
-                         f"{r.get('per_round', '?')} | failed: {r['error']} ||||||||||||||")
+                         f"{r.get('per_round', '?')} | failed: {r['error']} |" + " |" * 15)
             continue
         runs = r.get("overhead_runs", [])
         drift = f" ({100 * r['meta_drift']:+.0f}%)" if "meta_drift" in r else ""
+        if r.get("reference") == "between rounds":
+            between = f"{r['meta_per_device_ms']:.1f}"
+            share = f"{100 * r['overhead_share']:.0f}%" + spread(runs)
+            outside = (f"{r['outside_per_device_ms']:.1f}{drift}, "
+                       f"{100 * r['overhead_share_outside']:.0f}%"
+                       + spread(r.get("outside_runs", [])))
+        else:  # measured before the reference between rounds: before/after only
+            between, share = "", ""
+            outside = (f"{r['meta_per_device_ms']:.1f}{drift}, "
+                       f"{100 * r['overhead_share']:.0f}%" + spread(runs))
         co = (f"{r['co_run_per_device_ms']:.1f}, {100 * r['overhead_share_co_run']:.0f}%"
-              + (" [" + ", ".join(f"{100 * x:.0f}" for x in r["co_run_runs"]) + "]"
-                 if len(r.get("co_run_runs", [])) > 1 else "")
+              + spread(r.get("co_run_runs", []))
               if "overhead_share_co_run" in r else "")
         inside = (f"{r['in_workers_per_device_ms']:.1f}"
                   + (f" ({r['in_workers_cpu_per_device_ms']:.1f} CPU)"
@@ -445,10 +492,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
             f"{r['per_round']} | {r['ray_workers']} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
-            f"{r['meta_per_device_ms']:.1f}{drift} | "
-            f"{100 * r['overhead_share']:.0f}%"
-            f"{' [' + ', '.join(f'{100 * x:.0f}' for x in runs) + ']' if len(runs) > 1 else ''}"
-            f" | {co} | {inside} | "
+            f"{between} | {share} | {outside} | {co} | {inside} | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb']:.0f} | {r['wall_s']:.0f} | "
             f"{r.get('cpu_s_workers', float('nan')):.0f} / "
@@ -458,6 +502,11 @@ def write(results: list[dict[str, Any]], started: str) -> None:
     lines += ["", "Rerun: `python benchmarks/fleet_scale.py` (see its docstring for options).",
               ""]
     (RESULTS / "fleet_scale.md").write_text("\n".join(lines))
+
+
+def spread(shares: list[float]) -> str:
+    """Every run's share in brackets, in percent (nothing for a single run)."""
+    return " [" + ", ".join(f"{100 * x:.0f}" for x in shares) + "]" if len(shares) > 1 else ""
 
 
 def host() -> str:
@@ -547,6 +596,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(runs, key=lambda r: r["overhead_share"])
     return dict(ordered[len(ordered) // 2],
                 overhead_runs=[r["overhead_share"] for r in runs],
+                outside_runs=[r.get("overhead_share_outside", math.nan) for r in runs],
                 co_run_runs=[r.get("overhead_share_co_run", math.nan) for r in runs])
 
 
