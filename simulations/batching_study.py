@@ -1,0 +1,231 @@
+"""Batched episodes against the per-episode loop on Omniglot: the same accuracy, and the wall
+time each path takes for a whole training run (issue 20's "before/after" central run).
+
+The protocol is the leaderboard's central 5-way 1-shot one (``leaderboard.py``: the same
+training alphabets with rotations, inner step 0.1, meta-batch 8, Adam 0.001, 1 inner step
+in training and 5 in scoring; test alphabets Greek and Korean, 200 episodes, the same for
+every run; Latin, the validation alphabet, excluded), declared before the runs:
+
+- learners: second-order and first-order MAML at the leaderboard's budget of 1,200 training
+  episodes (150 meta-updates of 8);
+- seeds 0, 1, 2 (``--seeds``); for each learner and seed one run with ``batched=False``
+  (the loop: fedmeta before batching) and one with ``batched=True``, from the same initial
+  model on the same episodes, at ``--threads`` torch threads (2: the CPU default batches
+  there), one run at a time (the point is their times);
+- each final model scored on the test episodes by the path that trained it: the accuracy
+  difference is paired by seed (t-based 95% CI over seeds); the time ratio (loop / batched
+  wall time of training, above 1 when batching is faster) is the median over seeds.
+
+Writes to ``--out``: ``jobs/<job>/job.json`` (one per run; finished jobs are reused when the
+study runs again with the same protocol), ``batching_study.md`` and ``.json`` (the table,
+the protocol, the host and the command). Checkpoints are not kept.
+
+    python simulations/batching_study.py --data-dir ../shared/data/omniglot --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from host import isa  # noqa: E402  (benchmarks/host.py)
+from leaderboard import TEST, VALIDATION, Budget, Job, Row, central_config, host  # noqa: E402
+from leaderboard_report import seed_ci  # noqa: E402
+from precision_study import pct, points  # noqa: E402
+
+INNER_LR = 0.1  # the leaderboard's sweep (simulations/results/leaderboard.md)
+LEARNERS = {"maml": "MAML (second order)", "fomaml": "first-order MAML"}
+PATHS = {False: "loop", True: "batched"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a learner at a budget and a seed, on one path."""
+
+    algorithm: str
+    episodes: int
+    seed: int
+    batched: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.algorithm}-{self.episodes}ep-seed{self.seed}-{PATHS[self.batched]}"
+
+
+def plan(seeds: tuple[int, ...], quick: bool) -> list[Run]:
+    """The protocol's runs (``quick``: tiny budgets, for a check of the machinery)."""
+    episodes = 16 if quick else Budget().episodes_5
+    return [Run(a, episodes, s, b) for a in LEARNERS for s in seeds for b in PATHS]
+
+
+def protocol(seeds: tuple[int, ...], quick: bool, test_episodes: int,
+             threads: int) -> dict[str, Any]:
+    return {"runs": [asdict(r) for r in plan(seeds, quick)], "inner_lr": INNER_LR,
+            "test_episodes": test_episodes, "test_alphabets": TEST,
+            "excluded_alphabet": VALIDATION, "threads": threads, "quick": quick}
+
+
+def train_and_score(run: Run, data_dir: str, test_episodes: int, threads: int,
+                    folder: Path) -> dict[str, Any]:
+    """Train ``run`` at ``threads`` torch threads, score its model; write job.json."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from fedmeta import config as cfgmod
+    from fedmeta.meta import MetaTrainer, build_learner
+    from fedmeta.meta.evaluation import evaluate_source
+    from fedmeta.models import build_model
+    from fedmeta.tasks.factory import build_tasks
+
+    job = Job(Row(LEARNERS[run.algorithm], "central", run.algorithm, 5), run.seed, INNER_LR,
+              0.0, Budget(episodes_5=run.episodes), data_dir)
+    cfg = cfgmod.from_dict(central_config(job, TEST, VALIDATION))
+    tasks = build_tasks(cfg.task, seed=run.seed)
+    torch.manual_seed(run.seed)  # the same initial model on both paths
+    model = build_model(tasks.model, **tasks.model_kwargs)
+    learner = build_learner(run.algorithm, model, inner_lr=INNER_LR, inner_steps=1,
+                            eval_steps=5, batched=run.batched)
+    trainer = MetaTrainer(learner, cfg.train.meta_lr, "adam")
+    start = time.perf_counter()
+    params = trainer.train(tasks.train, cfg.train.iterations, cfg.train.meta_batch,
+                           seed=run.seed, progress=False)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = evaluate_source(learner, params, tasks.test, episodes=test_episodes,
+                             batch_size=20, seed=10_005, steps=5)["post_acc"]
+    record = {"run": asdict(run), "threads": threads, "train_s": round(train_s, 1),
+              "score_s": round(time.perf_counter() - start, 1),
+              "iterations": cfg.train.iterations, "post_acc": scores.round(5).tolist()}
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "job.json.partial"  # job.json appears whole or not at all
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(folder / "job.json")
+    return record
+
+
+def run_all(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every run's record: reused from ``--out/jobs`` or trained, one at a time, each in a
+    fresh process (``OMP_NUM_THREADS`` set before torch starts)."""
+    records = []
+    for done, run in enumerate(runs, 1):
+        path = args.out / "jobs" / run.key / "job.json"
+        if not path.is_file():
+            code = ("import sys, json; from pathlib import Path; "
+                    f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+                    "from batching_study import Run, train_and_score; "
+                    f"train_and_score(Run(**json.loads({json.dumps(json.dumps(asdict(run)))})), "
+                    f"{args.data_dir!r}, {args.test_episodes}, {args.threads}, "
+                    f"Path({str(path.parent)!r}))")
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        record = json.loads(path.read_text())
+        records.append(record)
+        print(f"[{done}/{len(runs)}] {run.key}: test acc {np.mean(record['post_acc']):.3f} "
+              f"(training {record['train_s']:.0f} s)", flush=True)
+    return records
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per learner: accuracy on each path, the paired difference, the times."""
+    by = {(r["run"]["algorithm"], r["run"]["seed"], r["run"]["batched"]): r for r in records}
+    out = []
+    for algorithm in dict.fromkeys(a for a, _, _ in by):
+        seeds = sorted({s for a, s, _ in by if a == algorithm
+                        and all((a, s, b) in by for b in PATHS)})
+        if not seeds:
+            continue
+        run = {(s, b): by[(algorithm, s, b)] for s in seeds for b in PATHS}
+        acc = {PATHS[b]: seed_ci([float(np.mean(run[(s, b)]["post_acc"])) for s in seeds])
+               for b in PATHS}
+        difference = seed_ci([float(np.mean(run[(s, True)]["post_acc"])
+                                    - np.mean(run[(s, False)]["post_acc"])) for s in seeds])
+        times = {PATHS[b]: float(np.median([run[(s, b)]["train_s"] for s in seeds]))
+                 for b in PATHS}
+        ratio = float(np.median([run[(s, False)]["train_s"] / run[(s, True)]["train_s"]
+                                 for s in seeds]))
+        out.append({"algorithm": algorithm, "episodes": run[(seeds[0], False)]["run"]
+                    ["episodes"], "seeds": seeds, "accuracy": acc, "difference": difference,
+                    "train_s_median": times, "loop_over_batched": ratio,
+                    "ratios": [round(run[(s, False)]["train_s"] / run[(s, True)]["train_s"], 2)
+                               for s in seeds]})
+    return out
+
+
+def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    intro, bullets = (__doc__ or "").split("\n\n")[1:3]
+    lines = ["# Batched episodes against the loop on Omniglot (`batched`)", "",
+             intro.replace("\n", " "), "",
+             bullets.replace("\n  ", " ").replace("seeds 0, 1, 2", "seeds "
+                                                    + ", ".join(map(str, meta["seeds"]))),
+             "",
+             f"Command: `{meta['command']}` (git {meta['git']}); {meta['wall_s']} s of wall "
+             f"time for this invocation, on {meta['host']['cpu']} ({meta['isa']}; "
+             f"{meta['host']['cores']} cores, one run at a time, {meta['threads']} torch "
+             f"threads; load average {meta['load'][0]} before, {meta['load'][1]} after).", "",
+             "| learner | training episodes | seeds | test acc %: loop | batched | batched - "
+             "loop, points (paired by seed) | training s: loop / batched (median) | loop / "
+             "batched time (each seed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for e in entries:
+        lines.append(
+            f"| {LEARNERS[e['algorithm']]} | {e['episodes']} | {len(e['seeds'])} | "
+            f"{pct(e['accuracy']['loop'])} | {pct(e['accuracy']['batched'])} | "
+            f"{points(e['difference'])} | {e['train_s_median']['loop']:.0f} / "
+            f"{e['train_s_median']['batched']:.0f} | {e['loop_over_batched']:.2f} "
+            f"({', '.join(f'{x:.2f}' for x in e['ratios'])}) |")
+    lines += ["", "Intervals: t-based 95% CI over seeds. A time ratio above 1: batching was "
+              "faster."]
+    (out / "batching_study.md").write_text("\n".join(lines) + "\n")
+    (out / "batching_study.json").write_text(json.dumps({**meta, "entries": entries},
+                                                        indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="", help="folder of Omniglot zips (default: "
+                   "$FEDMETA_OMNIGLOT_DIR, else the cache of `fedmeta data download`)")
+    p.add_argument("--out", type=Path, default=Path("runs/batching_study"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--test-episodes", type=int, default=Budget().test_episodes_5)
+    p.add_argument("--quick", action="store_true", help="tiny budgets (a check of the "
+                   "machinery, not a result)")
+    args = p.parse_args(argv)
+    for name in ("threads", "test_episodes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
+    seeds = tuple(args.seeds)
+    declared = protocol(seeds, args.quick, args.test_episodes, args.threads)
+    record = args.out / "protocol.json"
+    if record.is_file() and json.loads(record.read_text()) != declared:
+        raise SystemExit(f"{args.out} holds a study of another protocol ({record}); "
+                         "use another --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(declared, indent=1))
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    records = run_all(plan(seeds, args.quick), args)
+    given = sys.argv[1:] if argv is None else argv
+    write_report(args.out, summarize(records), {
+        "command": "python simulations/batching_study.py " + " ".join(given),
+        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "wall_s": round(time.perf_counter() - start), "host": host(),
+        "isa": ", ".join(isa()) or "no AVX-512/AMX", "threads": args.threads,
+        "seeds": list(seeds), "load": [round(load, 1), round(os.getloadavg()[0], 1)],
+        "protocol": declared})
+    print((args.out / "batching_study.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
