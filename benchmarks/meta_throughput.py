@@ -24,12 +24,15 @@ and after) is timed batched against the per-episode loop. Everything runs once p
 count (``--threads 1,2``); ratios are only compared within one run. Where a goal is missed
 the script profiles (torch.profiler) the batched and the loop step and lists their top
 kernels.
+On a GPU (``--device cuda``) every contender, batch and peak runs there, each timed step
+ends with ``torch.cuda.synchronize()``, and the goal read is the issue's GPU one (second-order
+MAML >= 10x ``higher`` on the same GPU); the CPU path is the same code with ``--device cpu``.
 Timing is interleaved (warm-up, then rounds visiting every contender in a rotated order) so
 host noise hits all alike; throughput is from the median step time, ratios are the median of
 per-round paired ratios. FLOPs of one meta-update are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` and compared with a float32 ``torch.mm`` peak.
 
-    nice python benchmarks/meta_throughput.py [--quick] [--threads 1,2]
+    nice python benchmarks/meta_throughput.py [--quick] [--threads 1,2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +58,8 @@ from torch.func import functional_call
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedmeta.config import resolve_device
+from fedmeta.errors import ConfigError
 from fedmeta.meta import MAML, FirstOrderMAML, MetaTrainer, Reptile
 from fedmeta.models import Conv4
 from fedmeta.tasks.episode import EpisodeBatch
@@ -62,6 +68,7 @@ from host import cpu_name  # benchmarks/host.py, beside this script
 N_WAY, K_SHOT, QUERIES, INNER_LR, META_LR = 5, 1, 15, 0.4, 1e-3
 EVAL_EPISODES, EVAL_STEPS = 100, 5
 LEARNERS = {"maml": MAML, "fomaml": FirstOrderMAML, "reptile": Reptile}
+CPU = torch.device("cpu")
 NOTES = [
     ("FLOPs: FlopCounterMode (convolutions and matmuls) sees through torch.func.grad: ours, "
      "higher and the plain loop count the same FLOPs for the same algorithm. (Under "
@@ -103,8 +110,9 @@ LEARN2LEARN_NOTE = (
 Step = Callable[[EpisodeBatch], dict[str, float]]  # one meta-training step -> metrics
 
 
-def synthetic_batch(meta_batch: int, seed: int = 0) -> EpisodeBatch:
-    """Random 28x28 support and query images with balanced labels."""
+def synthetic_batch(meta_batch: int, seed: int = 0,
+                    device: torch.device | str = "cpu") -> EpisodeBatch:
+    """Random 28x28 support and query images with balanced labels, on ``device``."""
     g = torch.Generator().manual_seed(seed)
     support, query = N_WAY * K_SHOT, N_WAY * QUERIES
     return EpisodeBatch(
@@ -112,7 +120,7 @@ def synthetic_batch(meta_batch: int, seed: int = 0) -> EpisodeBatch:
         torch.arange(N_WAY).repeat(meta_batch, K_SHOT),
         torch.randn(meta_batch, query, 1, 28, 28, generator=g),
         torch.arange(N_WAY).repeat(meta_batch, QUERIES),
-        N_WAY)
+        N_WAY).to(device)
 
 
 def tasks(batch: EpisodeBatch):
@@ -123,7 +131,7 @@ def tasks(batch: EpisodeBatch):
 # -- ours -------------------------------------------------------------------------------------
 def ours_step(algorithm: str, model: nn.Module, batched: bool) -> Step:
     learner = LEARNERS[algorithm](model, inner_lr=INNER_LR, inner_steps=1, batched=batched)
-    trainer = MetaTrainer(learner, meta_lr=META_LR)
+    trainer = MetaTrainer(learner, meta_lr=META_LR, device=device_of(model))
 
     def step(batch: EpisodeBatch) -> dict[str, float]:
         update = learner.meta_update(trainer.params, batch)
@@ -214,31 +222,46 @@ def plain_step(algorithm: str, model: nn.Module,
 
 
 # -- measurement ------------------------------------------------------------------------------
-def matmul_peak(n: int, repeats: int) -> float:
-    """Best float32 ``torch.mm`` rate on n x n matrices, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def matmul_peak(n: int, repeats: int, device: torch.device = CPU) -> float:
+    """Best float32 ``torch.mm`` rate on n x n matrices on ``device``, GFLOP/s."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
     best = min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
 
-def onednn_gemm_peak(repeats: int) -> float:
-    """Best rate of a GEMM run by oneDNN (a channels-last 1x1 convolution), GFLOP/s.
+def onednn_gemm_peak(repeats: int, device: torch.device = CPU) -> float:
+    """Best rate of a GEMM run as a convolution (a channels-last 1x1 one) on ``device``:
+    oneDNN on the CPU, cuDNN on a GPU; GFLOP/s.
 
     MKL's sgemm (``torch.mm``) and oneDNN (every convolution) pick their own instruction
     sets; on some CPUs they differ by 2x, so both peaks are reported.
     """
-    x = torch.randn(16, 512, 32, 32).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(512, 512, 1, 1).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(16, 512, 32, 32, device=device).contiguous(
+        memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 1, 1, device=device).contiguous(
+        memory_format=torch.channels_last)
     F.conv2d(x, w)
     best = min(_time(lambda: F.conv2d(x, w)) for _ in range(repeats))
     return 2 * 16 * 32 * 32 * 512 * 512 / best / 1e9
 
 
 def _time(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, its GPU work included (queued kernels finished first)."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def count_flops(step: Step, batch: EpisodeBatch) -> int:
@@ -257,7 +280,8 @@ def build_contenders(template: nn.Module) -> dict[str, tuple[str, Step]]:
     contenders |= {f"loop/{a}": (a, ours_step(a, fresh(), False)) for a in LEARNERS}
     contenders["higher/maml"] = ("maml", higher_maml_step(fresh()))
     torch.manual_seed(0)
-    contenders["higher-std/maml"] = ("maml", higher_maml_step(standard_conv4()))
+    contenders["higher-std/maml"] = ("maml", higher_maml_step(
+        standard_conv4().to(device_of(template))))
     contenders |= {f"plain/{a}": (a, plain_step(a, fresh())) for a in LEARNERS}
     contenders["textbook/maml"] = ("maml", plain_step("maml", fresh(), textbook_forward))
     return contenders
@@ -295,14 +319,21 @@ def paired(times: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
 
 
-def top_kernels(fn: Callable[[], object], rows: int = 8) -> list[dict[str, float | str]]:
-    """The ops with the most self CPU time in one call of ``fn`` (torch.profiler)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+def top_kernels(fn: Callable[[], object], gpu: bool = False,
+                rows: int = 8) -> list[dict[str, float | str]]:
+    """The ops with the most self time in one call of ``fn`` (torch.profiler): CPU time, or
+    with ``gpu`` the GPU's."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
         fn()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1
-    return [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count,
-             "pct": 100 * e.self_cpu_time_total / total} for e in events[:rows]]
+        synchronize()
+
+    def self_us(e: Any) -> float:
+        return e.self_device_time_total if gpu else e.self_cpu_time_total
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)
+    total = sum(self_us(e) for e in events) or 1
+    return [{"op": e.key, "self_s": self_us(e) / 1e6, "calls": e.count,
+             "pct": 100 * self_us(e) / total} for e in events[:rows]]
 
 
 GOALS = {  # name -> (ratio key, at least)
@@ -313,19 +344,25 @@ GOALS = {  # name -> (ratio key, at least)
     "reptile >= 1.5x plain": ("batched/reptile vs plain/reptile", 1.5),
     "held-out evaluation >= 3x the loop": ("eval-batched vs eval-loop", 3.0),
 }
+GPU_GOALS = {  # the issue's goal on a GPU: against `higher` on the same GPU
+    "maml >= 10x higher on the GPU (fedmeta Conv4)": ("batched/maml vs higher/maml", 10.0),
+    "maml >= 10x higher on the GPU (standard Conv4)": ("batched/maml vs higher-std/maml", 10.0),
+}
 
 
-def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int) -> dict:
-    """Every contender, the evaluation and the peaks on ``threads`` intra-op threads."""
+def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int,
+            device: torch.device = CPU) -> dict:
+    """Every contender, the evaluation and the peaks on ``device`` with ``threads`` intra-op
+    CPU threads."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    template = Conv4(n_way=N_WAY)
-    batch = synthetic_batch(args.meta_batch)
+    template = Conv4(n_way=N_WAY).to(device)
+    batch = synthetic_batch(args.meta_batch, device=device)
     contenders = build_contenders(template)
-    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores, "
+    print(f"torch {torch.__version__}, {device}, {threads} threads, {os.cpu_count()} cores, "
           f"meta-batch {args.meta_batch}, {rounds} rounds", flush=True)
-    mm_peak, dnn_peak = matmul_peak(2048, 10), onednn_gemm_peak(10)
-    flop_batch = synthetic_batch(args.flop_tasks, seed=1)
+    mm_peak, dnn_peak = matmul_peak(2048, 10, device), onednn_gemm_peak(10, device)
+    flop_batch = synthetic_batch(args.flop_tasks, seed=1, device=device)
     scale = args.meta_batch / args.flop_tasks
     flops = {name: count_flops(step, flop_batch) * scale
              for name, (_, step) in build_contenders(template).items()
@@ -334,11 +371,11 @@ def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int) ->
     times = timed_rounds({n: step for n, (_, step) in contenders.items()}, batch, warmup,
                          rounds, f"{threads} thr train")
     evals = eval_contenders(template)
-    eval_batch = synthetic_batch(args.eval_episodes, seed=2)
+    eval_batch = synthetic_batch(args.eval_episodes, seed=2, device=device)
     eval_times = timed_rounds(evals, eval_batch, min(warmup, 1), max(2, rounds // 2),
                               f"{threads} thr eval")
-    mm_peak = max(mm_peak, matmul_peak(2048, 10))
-    dnn_peak = max(dnn_peak, onednn_gemm_peak(10))
+    mm_peak = max(mm_peak, matmul_peak(2048, 10, device))
+    dnn_peak = max(dnn_peak, onednn_gemm_peak(10, device))
     results = {}
     for name in contenders:
         median_s, best_s = statistics.median(times[name]), min(times[name])
@@ -361,16 +398,20 @@ def measure(threads: int, args: argparse.Namespace, warmup: int, rounds: int) ->
         ratios[f"batched/maml vs {rival}"] = paired(times, "batched/maml", rival)
         ratios[f"loop/maml vs {rival}"] = paired(times, "loop/maml", rival)
     ratios["eval-batched vs eval-loop"] = paired(eval_times, "eval-batched", "eval-loop")
-    goals = {g: ratios[key] >= at_least for g, (key, at_least) in GOALS.items()}
+    gpu = device.type == "cuda"
+    goals = {g: ratios[key] >= at_least
+             for g, (key, at_least) in (GPU_GOALS if gpu else GOALS).items()}
     profiles = {}
     if not all(goals.values()):  # what holds the batched path back, beside the loop's
-        small = synthetic_batch(4, seed=3)
+        small = synthetic_batch(4, seed=3, device=device)
         for name in ("batched/maml", "loop/maml", "batched/fomaml", "loop/fomaml"):
-            profiles[f"{name} (4 tasks)"] = top_kernels(partial(contenders[name][1], small))
-        small_eval = synthetic_batch(10, seed=4)
+            profiles[f"{name} (4 tasks)"] = top_kernels(partial(contenders[name][1], small),
+                                                        gpu)
+        small_eval = synthetic_batch(10, seed=4, device=device)
         for name, fn in evals.items():
-            profiles[f"{name} (10 episodes)"] = top_kernels(partial(fn, small_eval))
-    return {"threads": threads, "peak_gflop_per_s": {"torch.mm_2048": mm_peak,
+            profiles[f"{name} (10 episodes)"] = top_kernels(partial(fn, small_eval), gpu)
+    return {"threads": threads, "device": str(device),
+            "peak_gflop_per_s": {"torch.mm_2048": mm_peak,
                                                       "onednn_gemm": dnn_peak},
             "contenders": results,
             "evaluation_s": {n: {"median_s": statistics.median(t), "runs_s": t}
@@ -391,19 +432,43 @@ def main() -> None:
                         help="episodes of the timed held-out evaluation")
     parser.add_argument("--flop-tasks", type=int, default=4,
                         help="tasks in the FLOP-counted meta-update (FLOPs scale linearly)")
+    parser.add_argument("--device", default="cpu",
+                        help="where everything runs: cpu, cuda or cuda:N (fedmeta's devices)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/meta_throughput"),
                         help="output path without suffix; writes .json and .md")
     args = parser.parse_args()
+    threads = check_args(parser, args)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as error:
+        parser.error(f"--device: {error}")
     warmup, rounds = (1, 3) if args.quick else (2, 15)
     rounds = args.rounds or rounds
     load_before, runs = os.getloadavg(), []
-    for threads in args.threads.split(","):  # the report is rewritten after each
-        runs.append(measure(int(threads), args, warmup, rounds))
-        write(args, runs, warmup, rounds, load_before)
+    for count in threads:  # the report is rewritten after each
+        runs.append(measure(count, args, warmup, rounds, device))
+        write(args, runs, warmup, rounds, load_before, device)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
+    """The thread counts; a count, round or episode number below 1 is refused (exit 2)
+    naming the option and the value."""
+    for name in ("rounds", "meta_batch", "eval_episodes", "flop_tasks"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: an integer >= 1")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        parser.error(f"--threads {args.threads}: comma-separated integers >= 1, e.g. 1,2")
+    return threads
 
 
 def write(args: argparse.Namespace, runs: list[dict], warmup: int, rounds: int,
-          load_before: tuple[float, float, float]) -> None:
+          load_before: tuple[float, float, float],
+          device: torch.device = CPU) -> None:
     """Write the .json and .md report of the runs so far."""
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -413,9 +478,12 @@ def write(args: argparse.Namespace, runs: list[dict], warmup: int, rounds: int,
                     "higher": importlib.metadata.version("higher"),
                     "niceness": os.nice(0),
                     "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                    "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                            else None)},
-        "config": {"model": "Conv4", "n_way": N_WAY, "k_shot": K_SHOT,
+                    "gpu": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else None),
+                    "gpu_unused": (torch.cuda.get_device_name(0)
+                                   if device.type != "cuda" and torch.cuda.is_available()
+                                   else None)},
+        "config": {"model": "Conv4", "device": str(device), "n_way": N_WAY, "k_shot": K_SHOT,
                    "queries_per_class": QUERIES, "meta_batch": args.meta_batch,
                    "inner_steps": 1, "inner_lr": INNER_LR, "meta_optimizer": "adam",
                    "warmup_rounds": warmup, "rounds": rounds,
@@ -463,7 +531,11 @@ def markdown(report: dict) -> str:
          f"{m['lscpu'].get('Model name', '?')}, {m['lscpu'].get('isa', '?')}; L2 "
          f"{m['lscpu'].get('L2 cache', '?')}, L3 {m['lscpu'].get('L3 cache', '?')}), "
          f"{m['cores']} cores; Python {m['python']}, torch {m['torch']}, higher {m['higher']}."),
-        f"GPU: {m['gpu'] or NO_GPU}.",
+        (f"GPU: {m['gpu']}, this run's device (--device {c.get('device', 'cuda')}): every "
+         "contender, batch and peak on it, each timed step synchronized."
+         if m["gpu"] else
+         f"GPU: {m['gpu_unused']}, present but not used by this run (--device cpu)."
+         if m.get("gpu_unused") else f"GPU: {NO_GPU}."),
         ((f"The host was busy: other jobs shared its {m['cores']} cores (load average "
           f"{m['load_average_before'][0]:.1f} before, {m['load_average_after'][0]:.1f} after; "
           f"this run at niceness {m['niceness']}), so absolute rates are low and noisy; "
@@ -480,12 +552,15 @@ def markdown(report: dict) -> str:
     ]
     for run in report["runs"]:
         peaks = run["peak_gflop_per_s"]
+        gpu = run.get("device", "cpu").startswith("cuda")
+        conv, timed = ("cuDNN", "GPU") if gpu else ("oneDNN", "CPU")
         lines += [
-            "", f"## {run['threads']} thread{'s' if run['threads'] > 1 else ''}", "",
+            "", f"## {run['threads']} thread{'s' if run['threads'] > 1 else ''}"
+            + (f", {run['device']}" if gpu else ""), "",
             (f"Peak: torch.mm 2048^2 float32 {peaks['torch.mm_2048']:.0f} GFLOP/s; "
-             f"oneDNN GEMM (1x1 conv) {peaks['onednn_gemm']:.0f} GFLOP/s. Rates as median / "
+             f"{conv} GEMM (1x1 conv) {peaks['onednn_gemm']:.0f} GFLOP/s. Rates as median / "
              "best step."), "",
-            "| contender | eps/s | GFLOP/update | GFLOP/s | % of mm peak | % of oneDNN peak |",
+            f"| contender | eps/s | GFLOP/update | GFLOP/s | % of mm peak | % of {conv} peak |",
             "|---|---:|---:|---:|---:|---:|"]
         for name, r in run["contenders"].items():
             lines.append(
@@ -502,7 +577,7 @@ def markdown(report: dict) -> str:
         lines += ["", "Goals: " + "; ".join(f"{g}: {'met' if ok else 'not met'}"
                                              for g, ok in run["goals"].items()) + "."]
         for name, rows in run["profiles"].items():
-            lines += ["", f"Profile, {name}: top ops by self CPU time", "",
+            lines += ["", f"Profile, {name}: top ops by self {timed} time", "",
                       "| op | self s | calls | % |", "|---|---:|---:|---:|"]
             lines += [f"| {r['op']} | {r['self_s']:.3f} | {r['calls']} | {r['pct']:.0f} |"
                       for r in rows]
@@ -510,7 +585,7 @@ def markdown(report: dict) -> str:
     lines += [f"- {note}" for note in report["notes"]]
     lines += ["",
               "Rerun: `nice python benchmarks/meta_throughput.py` (`--quick`, `--rounds N`, "
-              "`--threads 1,2`, `--meta-batch N`).", ""]
+              "`--threads 1,2`, `--meta-batch N`, `--device cuda`).", ""]
     return "\n".join(lines)
 
 
