@@ -120,7 +120,34 @@ def test_a_counted_state_wakes_the_waiting_server_and_is_restored() -> None:
         assert state.store_message_ins(None) == "in" and arrivals.messages == 1
         threading.Timer(0.05, state.store_message_res, [None]).start()
         began = time.monotonic()
-        arrivals.wait(lambda: arrivals.replies == 1, 10.0)
+        arrivals.wait_replies(1, 10.0)
         assert arrivals.replies == 1 and time.monotonic() - began < 5.0
     assert dispatch.arrivals_of(type("Grid", (), {"state": state})()) is None
     assert "store_message_res" not in vars(state)
+
+
+def test_a_reply_waiter_is_woken_by_the_reply_it_waits_for_alone() -> None:
+    arrivals = dispatch.Arrivals()
+    woken = {"replies": 0, "messages": 0}
+    for kind, condition in (("replies", arrivals.replies_stored),
+                            ("messages", arrivals.messages_stored)):
+        notify = condition.notify_all
+
+        def counted(kind: str = kind, notify: object = notify) -> None:
+            woken[kind] += 1
+            notify()  # type: ignore[operator]
+        condition.notify_all = counted  # type: ignore[method-assign]
+    waiter = threading.Thread(target=arrivals.wait_replies, args=(3, 30.0))
+    waiter.start()
+    deadline = time.monotonic() + 10.0
+    while not arrivals.goals and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrivals.goals == [3], "the waiter did not start waiting within 10 s"
+    for _ in range(4):
+        arrivals.count(replies=False)  # messages: they wake the pump, not the server
+    arrivals.count(replies=True)
+    arrivals.count(replies=True)
+    assert woken == {"replies": 0, "messages": 4} and waiter.is_alive()
+    arrivals.count(replies=True)  # the third
+    waiter.join(10.0)
+    assert not waiter.is_alive() and woken["replies"] == 1 and arrivals.goals == []

@@ -43,26 +43,43 @@ _ARRIVALS = "_fedmeta_arrivals"  # the LinkState attribute that holds its Arriva
 
 
 class Arrivals:
-    """Counts of the messages and replies stored in a LinkState, to wait on."""
+    """Counts of the messages and replies stored in a LinkState, to wait on. A waiter for
+    messages is woken by messages alone, and one for replies by the reply that brings the
+    count it waits for: not by every store (each of a round's replies would wake the server,
+    each a thread switch on a host whose cores the devices' workers fill)."""
 
     def __init__(self) -> None:
-        self.changed = threading.Condition()
+        lock = threading.Lock()
+        self.messages_stored = threading.Condition(lock)
+        self.replies_stored = threading.Condition(lock)
         self.messages = 0
         self.replies = 0
+        self.goals: list[int] = []  # the reply counts waited for
 
     def count(self, replies: bool) -> None:
         """One more message (``replies``: reply) stored."""
-        with self.changed:
+        with self.messages_stored:
             if replies:
                 self.replies += 1
+                if any(self.replies >= goal for goal in self.goals):
+                    self.replies_stored.notify_all()
             else:
                 self.messages += 1
-            self.changed.notify_all()
+                self.messages_stored.notify_all()
 
-    def wait(self, ready: Callable[[], bool], timeout: float) -> None:
-        """Until ``ready()`` (checked under the lock) or ``timeout`` seconds."""
-        with self.changed:
-            self.changed.wait_for(ready, timeout)
+    def wait_messages(self, seen: int, timeout: float) -> None:
+        """Until more than ``seen`` messages were stored, or ``timeout`` seconds."""
+        with self.messages_stored:
+            self.messages_stored.wait_for(lambda: self.messages != seen, timeout)
+
+    def wait_replies(self, count: int, timeout: float) -> None:
+        """Until ``count`` replies in all were stored, or ``timeout`` seconds."""
+        with self.replies_stored:
+            self.goals.append(count)
+            try:
+                self.replies_stored.wait_for(lambda: self.replies >= count, timeout)
+            finally:
+                self.goals.remove(count)
 
 
 def arrivals_of(grid: object) -> Arrivals | None:
@@ -134,7 +151,7 @@ def _indexed_pump(state: object, queue: Queue[Message], nodes_mapping: Mapping[i
             seen = arrivals.messages
             for message in undelivered(state, nodes_mapping, handed):
                 queue.put(message)
-            arrivals.wait(lambda: arrivals.messages != seen, POLL_S)
+            arrivals.wait_messages(seen, POLL_S)
 
 
 _FLOWER_PUMP = vce_api.add_messages_to_queue

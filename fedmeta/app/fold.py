@@ -63,8 +63,7 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message],
         if ids and arrivals is None:
             time.sleep(interval)
         elif ids:
-            waiting = len(ids)
-            arrivals.wait(lambda: arrivals.replies - stored >= waiting, interval)
+            arrivals.wait_replies(stored + len(ids), interval)
 
 
 class Fold(Protocol):
