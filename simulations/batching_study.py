@@ -39,12 +39,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from central_study import (INNER_LR, central_run, check_counts, declare, pct,  # noqa: E402
+                           points, report_facts, report_head, save_job, study_parser)
 from host import isa  # noqa: E402  (benchmarks/host.py)
-from leaderboard import TEST, VALIDATION, Budget, Job, Row, central_config, host  # noqa: E402
+from leaderboard import TEST, VALIDATION, Budget  # noqa: E402
 from leaderboard_report import seed_ci  # noqa: E402
-from precision_study import pct, points  # noqa: E402
 
-INNER_LR = 0.1  # the leaderboard's sweep (simulations/results/leaderboard.md)
 LEARNERS = {"maml": "MAML (second order)", "fomaml": "first-order MAML"}
 PATHS = {False: "loop", True: "batched"}
 
@@ -82,18 +82,11 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, threads: int,
     import torch
 
     torch.set_num_threads(threads)
-    from fedmeta import config as cfgmod
     from fedmeta.meta import MetaTrainer, build_learner
     from fedmeta.meta.evaluation import evaluate_source
-    from fedmeta.models import build_model
-    from fedmeta.tasks.factory import build_tasks
 
-    job = Job(Row(LEARNERS[run.algorithm], "central", run.algorithm, 5), run.seed, INNER_LR,
-              0.0, Budget(episodes_5=run.episodes), data_dir)
-    cfg = cfgmod.from_dict(central_config(job, TEST, VALIDATION))
-    tasks = build_tasks(cfg.task, seed=run.seed)
-    torch.manual_seed(run.seed)  # the same initial model on both paths
-    model = build_model(tasks.model, **tasks.model_kwargs)
+    cfg, tasks, model = central_run(run.algorithm, LEARNERS[run.algorithm], run.episodes,
+                                    run.seed, data_dir)  # one initial model, both paths
     learner = build_learner(run.algorithm, model, inner_lr=INNER_LR, inner_steps=1,
                             eval_steps=5, batched=run.batched)
     trainer = MetaTrainer(learner, cfg.train.meta_lr, "adam")
@@ -107,10 +100,7 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, threads: int,
     record = {"run": asdict(run), "threads": threads, "train_s": round(train_s, 1),
               "score_s": round(time.perf_counter() - start, 1),
               "iterations": cfg.train.iterations, "post_acc": scores.round(5).tolist()}
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "job.json.partial"  # job.json appears whole or not at all
-    partial.write_text(json.dumps(record, indent=1))
-    partial.replace(folder / "job.json")
+    save_job(folder, record)
     return record
 
 
@@ -163,16 +153,10 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    intro, bullets = (__doc__ or "").split("\n\n")[1:3]
-    lines = ["# Batched episodes against the loop on Omniglot (`batched`)", "",
-             intro.replace("\n", " "), "",
-             bullets.replace("\n  ", " ").replace("seeds 0, 1, 2", "seeds "
-                                                    + ", ".join(map(str, meta["seeds"]))),
-             "",
-             f"Command: `{meta['command']}` (git {meta['git']}); {meta['wall_s']} s of wall "
-             f"time for this invocation, on {meta['host']['cpu']} ({meta['isa']}; "
-             f"{meta['host']['cores']} cores, one run at a time, {meta['threads']} torch "
-             f"threads; load average {meta['load'][0]} before, {meta['load'][1]} after).", "",
+    lines = [*report_head(__doc__ or "", "Batched episodes against the loop on Omniglot "
+                          "(`batched`)", meta,
+                          f"one run at a time, {meta['threads']} torch threads; load average "
+                          f"{meta['load'][0]} before, {meta['load'][1]} after"),
              "| learner | training episodes | seeds | test acc %: loop | batched | batched - "
              "loop, points (paired by seed) | training s: loop / batched (median) | loop / "
              "batched time (each seed) |",
@@ -192,35 +176,17 @@ def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any])
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="", help="folder of Omniglot zips (default: "
-                   "$FEDMETA_OMNIGLOT_DIR, else the cache of `fedmeta data download`)")
-    p.add_argument("--out", type=Path, default=Path("runs/batching_study"))
+    p = study_parser(__doc__ or "", "runs/batching_study")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--test-episodes", type=int, default=Budget().test_episodes_5)
-    p.add_argument("--quick", action="store_true", help="tiny budgets (a check of the "
-                   "machinery, not a result)")
     args = p.parse_args(argv)
-    for name in ("threads", "test_episodes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
+    check_counts(p, args, "threads", "test_episodes")
     seeds = tuple(args.seeds)
     declared = protocol(seeds, args.quick, args.test_episodes, args.threads)
-    record = args.out / "protocol.json"
-    if record.is_file() and json.loads(record.read_text()) != declared:
-        raise SystemExit(f"{args.out} holds a study of another protocol ({record}); "
-                         "use another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(declared, indent=1))
+    declare(args.out, declared)
     start, load = time.perf_counter(), os.getloadavg()[0]
     records = run_all(plan(seeds, args.quick), args)
-    given = sys.argv[1:] if argv is None else argv
     write_report(args.out, summarize(records), {
-        "command": "python simulations/batching_study.py " + " ".join(given),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip(),
-        "wall_s": round(time.perf_counter() - start), "host": host(),
+        **report_facts("batching_study.py", argv, start),
         "isa": ", ".join(isa()) or "no AVX-512/AMX", "threads": args.threads,
         "seeds": list(seeds), "load": [round(load, 1), round(os.getloadavg()[0], 1)],
         "protocol": declared})

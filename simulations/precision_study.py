@@ -36,7 +36,6 @@ import json
 import math
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -48,12 +47,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from central_study import (INNER_LR, central_run, check_counts, declare, pct,  # noqa: E402
+                           points, report_facts, report_head, save_job, study_parser)
 from host import isa  # noqa: E402  (benchmarks/host.py)
-from leaderboard import TEST, VALIDATION, Budget, Job, Row, central_config, host  # noqa: E402
+from leaderboard import TEST, VALIDATION  # noqa: E402
 from leaderboard_report import paired_margin, seed_ci  # noqa: E402
 
 PRECISIONS = ("float32", "bfloat16")
-INNER_LR = 0.1  # the leaderboard's sweep (simulations/results/leaderboard.md)
 LEARNERS = {"fomaml": "first-order MAML", "protonet": "Prototypical Networks"}
 
 
@@ -91,19 +91,11 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, folder: Path
     import torch
 
     torch.set_num_threads(1)
-    from fedmeta import config as cfgmod
     from fedmeta.meta import MetaTrainer, build_learner
     from fedmeta.meta.evaluation import evaluate_source
-    from fedmeta.models import build_model
-    from fedmeta.tasks.factory import build_tasks
 
-    budget = Budget(episodes_5=run.episodes)
-    job = Job(Row(LEARNERS[run.algorithm], "central", run.algorithm, 5), run.seed, INNER_LR,
-              0.0, budget, data_dir)
-    cfg = cfgmod.from_dict(central_config(job, TEST, VALIDATION))
-    tasks = build_tasks(cfg.task, seed=run.seed)
-    torch.manual_seed(run.seed)  # the same initial model in both precisions
-    model = build_model(tasks.model, **tasks.model_kwargs)
+    cfg, tasks, model = central_run(run.algorithm, LEARNERS[run.algorithm], run.episodes,
+                                    run.seed, data_dir)  # one initial model, both precisions
 
     def learner(precision: str) -> Any:
         return build_learner(run.algorithm, model, inner_lr=INNER_LR, inner_steps=1,
@@ -123,10 +115,7 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, folder: Path
         score_s[precision] = round(time.perf_counter() - start, 1)
     record = {"run": asdict(run), "train_s": round(train_s, 1), "score_s": score_s,
               "iterations": cfg.train.iterations, "post_acc": scores}
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "job.json.partial"  # job.json appears whole or not at all
-    partial.write_text(json.dumps(record, indent=1))
-    partial.replace(folder / "job.json")
+    save_job(folder, record)
     return record
 
 
@@ -183,27 +172,10 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def pct(value: tuple[float, float]) -> str:
-    mean, ci = value
-    return f"{100 * mean:.1f}" + ("" if math.isnan(ci) else f" ± {100 * ci:.1f}")
-
-
-def points(value: tuple[float, float]) -> str:
-    mean, ci = value
-    return f"{100 * mean:+.1f}" + ("" if math.isnan(ci) else f" ± {100 * ci:.1f}")
-
-
 def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    intro, bullets = (__doc__ or "").split("\n\n")[1:3]
-    lines = ["# bfloat16 against float32 on Omniglot (`train.precision`)", "",
-             intro.replace("\n", " "), "",
-             bullets.replace("\n  ", " ").replace("seeds 0, 1, 2", "seeds "
-                                                    + ", ".join(map(str, meta["seeds"]))),
-             "",
-             f"Command: `{meta['command']}` (git {meta['git']}); {meta['wall_s']} s of wall "
-             f"time for this invocation, on {meta['host']['cpu']} ({meta['isa']}; "
-             f"{meta['host']['cores']} cores, {meta['workers']} runs at once, one torch "
-             "thread each).", "",
+    lines = [*report_head(__doc__ or "", "bfloat16 against float32 on Omniglot "
+                          "(`train.precision`)", meta,
+                          f"{meta['workers']} runs at once, one torch thread each"),
              "| learner | training episodes | seeds | test acc %: float32-trained, scored in "
              "float32 | bfloat16-trained, scored in bfloat16 | training cost, points "
              "(paired by seed) | float32-trained, scored in bfloat16 | evaluation cost, "
@@ -257,35 +229,17 @@ def cpu_flags() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="", help="folder of Omniglot zips (default: "
-                   "$FEDMETA_OMNIGLOT_DIR, else the cache of `fedmeta data download`)")
-    p.add_argument("--out", type=Path, default=Path("runs/precision_study"))
+    p = study_parser(__doc__ or "", "runs/precision_study")
     p.add_argument("--workers", type=int, default=1, help="training runs at once")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--test-episodes", type=int, default=Budget().test_episodes_5)
-    p.add_argument("--quick", action="store_true", help="tiny budgets (a check of the "
-                   "machinery, not a result)")
     args = p.parse_args(argv)
-    for name in ("workers", "test_episodes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
+    check_counts(p, args, "workers", "test_episodes")
     seeds = tuple(args.seeds)
     declared = protocol(seeds, args.quick, args.test_episodes)
-    record = args.out / "protocol.json"
-    if record.is_file() and json.loads(record.read_text()) != declared:
-        raise SystemExit(f"{args.out} holds a study of another protocol ({record}); "
-                         "use another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(declared, indent=1))
+    declare(args.out, declared)
     start = time.perf_counter()
     records = run_all(plan(seeds, args.quick), args)
-    given = sys.argv[1:] if argv is None else argv
     write_report(args.out, summarize(records), {
-        "command": "python simulations/precision_study.py " + " ".join(given),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip(),
-        "wall_s": round(time.perf_counter() - start), "host": host(), "isa": cpu_flags(),
+        **report_facts("precision_study.py", argv, start), "isa": cpu_flags(),
         "workers": args.workers, "seeds": list(seeds), "protocol": declared})
     print((args.out / "precision_study.md").read_text())
 
