@@ -585,7 +585,10 @@ def markdown(report: dict) -> str:
     lines += [f"- {note}" for note in report["notes"]]
     lines += ["",
               "Rerun: `nice python benchmarks/meta_throughput.py` (`--quick`, `--rounds N`, "
-              "`--threads 1,2`, `--meta-batch N`, `--device cuda`).", ""]
+              "`--threads 1,2`, `--meta-batch N`, `--device cuda`).", "",
+              "Analyses of these and earlier runs (the kernels tried, the one-thread ceiling, "
+              "the CPU default, bfloat16), written by hand: `meta_throughput_notes.md` beside "
+              "this file. A rerun rewrites this file only.", ""]
     return "\n".join(lines)
 
 

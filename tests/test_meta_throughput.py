@@ -60,6 +60,7 @@ def test_a_gpu_run_is_reported_as_one() -> None:
     assert "top ops by self GPU time" in text
     assert "maml >= 10x higher on the GPU (fedmeta Conv4): met" in text
     assert "none available to this run" not in text
+    assert "`meta_throughput_notes.md` beside this file" in text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -76,3 +77,10 @@ def test_bad_arguments_are_refused_naming_the_option(args: list[str], message: s
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and message in done.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_report_points_to_the_analyses_it_does_not_rewrite() -> None:
+    notes = BENCHMARKS / "results" / "meta_throughput_notes.md"
+    assert notes.is_file() and "one-thread ceiling" in notes.read_text()
+    report = (BENCHMARKS / "results" / "meta_throughput.md").read_text()
+    assert "`meta_throughput_notes.md`" in report and "## 2026-12-01" not in report

@@ -158,8 +158,8 @@ class MetaLearner(ABC):
 
         By default (``batched=None``) on an accelerator, and on the CPU when torch runs more
         than one intra-op thread (``torch.get_num_threads()``). Measured on a shared 2-core
-        AMD EPYC (torch 2.13, benchmarks/results/meta_throughput.md): on one thread a task's
-        kernels (75 query images) already keep the core busy at about half of oneDNN's
+        AMD EPYC (torch 2.13, benchmarks/results/meta_throughput_notes.md): on one thread a
+        task's kernels (75 query images) already keep the core busy at about half of oneDNN's
         convolution rate, so batching buys no parallelism, only T-times larger working sets,
         and the loop is 1.1-1.6x faster; on two threads every loop kernel ends in an OpenMP
         barrier that waits for a core other jobs hold, and the batched step, with T times
