@@ -202,10 +202,10 @@ def learning_by_round(folder: Path, train: dict[int, float], rounds: list[int]
     return out
 
 
-def run_on_ray(config: dict[str, Any], paired: bool = True) -> dict[str, Any]:
+def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     """One federated run on the simulation engine; the times of its records and of the
-    learning in its workers (``load_timed_app``). With ``paired``, each round's devices'
-    learning is also timed in this process right after the round (``between_s``), the
+    learning in its workers (``load_timed_app``). Each round's devices' learning is also
+    timed in this process right after the round (``between_s``), the
     federation waiting meanwhile: a reference seconds from the round it is compared with,
     not minutes, so the host's speed drifting does not come between them; a round's time
     then starts when that timing of the previous round ended."""
@@ -233,7 +233,7 @@ def run_on_ray(config: dict[str, Any], paired: bool = True) -> dict[str, Any]:
         """Mark the row; after a training record, time that round's devices' learning in
         this process while the workers have nothing to do (the next round waits for it)."""
         marks.append((row.round, row.source, time.perf_counter()))
-        if paired and row.source == "train":
+        if row.source == "train":
             cpu = time.thread_time()
             timed = meta_learning_seconds(config, [row.round])  # round 1: a warm-up
             if row.round >= 2:

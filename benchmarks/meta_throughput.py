@@ -63,7 +63,8 @@ from fedmeta.errors import ConfigError
 from fedmeta.meta import MAML, FirstOrderMAML, MetaTrainer, Reptile
 from fedmeta.models import Conv4
 from fedmeta.tasks.episode import EpisodeBatch
-from host import cpu_name  # benchmarks/host.py, beside this script
+from arguments import at_least_one  # benchmarks/arguments.py, beside this script
+from host import cpu_name  # benchmarks/host.py
 
 N_WAY, K_SHOT, QUERIES, INNER_LR, META_LR = 5, 1, 15, 0.4, 1e-3
 EVAL_EPISODES, EVAL_STEPS = 100, 5
@@ -453,10 +454,7 @@ def main() -> None:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
     """The thread counts; a count, round or episode number below 1 is refused (exit 2)
     naming the option and the value."""
-    for name in ("rounds", "meta_batch", "eval_episodes", "flop_tasks"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value}: an integer >= 1")
+    at_least_one(parser, args, "rounds", "meta_batch", "eval_episodes", "flop_tasks")
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:

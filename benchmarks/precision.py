@@ -32,7 +32,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from host import cpu_name, isa  # benchmarks/host.py, beside this script
+from arguments import at_least_one  # benchmarks/arguments.py, beside this script
+from host import cpu_name, isa  # benchmarks/host.py
 from meta_throughput import META_LR, plain_step, synthetic_batch
 
 from fedmeta.meta import FirstOrderMAML, MetaLearner, MetaTrainer, ProtoNet, Reptile
@@ -138,9 +139,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS / "precision")
     args = parser.parse_args()
-    for name in ("reps", "meta_batch", "eval_episodes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
+    at_least_one(parser, args, "reps", "meta_batch", "eval_episodes")
     if min(args.threads) < 1:
         parser.error(f"--threads {args.threads}: integers >= 1")
     report: dict[str, object] = {

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from central_study import (INNER_LR, central_run, check_counts, declare, pct,  # noqa: E402
-                           points, report_facts, report_head, save_job, study_parser)
+from arguments import at_least_one  # noqa: E402  (benchmarks/arguments.py)
+from central_study import (INNER_LR, central_run, declare, pct, points,  # noqa: E402
+                           report_facts, report_head, save_job, study_parser)
 from host import isa  # noqa: E402  (benchmarks/host.py)
 from leaderboard import TEST, VALIDATION, Budget  # noqa: E402
 from leaderboard_report import seed_ci  # noqa: E402
@@ -106,23 +108,20 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, threads: int,
 
 def run_all(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every run's record: reused from ``--out/jobs`` or trained, one at a time, each in a
-    fresh process (``OMP_NUM_THREADS`` set before torch starts)."""
+    fresh process (``OMP_NUM_THREADS`` set before torch starts there)."""
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # what the spawned processes inherit
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process may hold torch
     records = []
-    for done, run in enumerate(runs, 1):
-        path = args.out / "jobs" / run.key / "job.json"
-        if not path.is_file():
-            code = ("import sys, json; from pathlib import Path; "
-                    f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-                    "from batching_study import Run, train_and_score; "
-                    f"train_and_score(Run(**json.loads({json.dumps(json.dumps(asdict(run)))})), "
-                    f"{args.data_dir!r}, {args.test_episodes}, {args.threads}, "
-                    f"Path({str(path.parent)!r}))")
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            subprocess.run([sys.executable, "-c", code], check=True, env=env)
-        record = json.loads(path.read_text())
-        records.append(record)
-        print(f"[{done}/{len(runs)}] {run.key}: test acc {np.mean(record['post_acc']):.3f} "
-              f"(training {record['train_s']:.0f} s)", flush=True)
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
+        for done, run in enumerate(runs, 1):
+            path = args.out / "jobs" / run.key / "job.json"
+            if not path.is_file():
+                pool.submit(train_and_score, run, args.data_dir, args.test_episodes,
+                            args.threads, path.parent).result()
+            record = json.loads(path.read_text())
+            records.append(record)
+            print(f"[{done}/{len(runs)}] {run.key}: test acc {np.mean(record['post_acc']):.3f} "
+                  f"(training {record['train_s']:.0f} s)", flush=True)
     return records
 
 
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p = study_parser(__doc__ or "", "runs/batching_study")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
     args = p.parse_args(argv)
-    check_counts(p, args, "threads", "test_episodes")
+    at_least_one(p, args, "threads", "test_episodes")
     seeds = tuple(args.seeds)
     declared = protocol(seeds, args.quick, args.test_episodes, args.threads)
     declare(args.out, declared)

@@ -33,13 +33,6 @@ def study_parser(doc: str, out: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_counts(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """Refuse (exit 2, naming the option and value) a count below 1."""
-    for name in names:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: an integer >= 1")
-
-
 def declare(out: Path, declared: dict[str, Any]) -> None:
     """Record the study's protocol in ``out``; refuse a folder that holds another one."""
     record = out / "protocol.json"

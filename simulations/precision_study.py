@@ -47,8 +47,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from central_study import (INNER_LR, central_run, check_counts, declare, pct,  # noqa: E402
-                           points, report_facts, report_head, save_job, study_parser)
+from arguments import at_least_one  # noqa: E402  (benchmarks/arguments.py)
+from central_study import (INNER_LR, central_run, declare, pct, points,  # noqa: E402
+                           report_facts, report_head, save_job, study_parser)
 from host import isa  # noqa: E402  (benchmarks/host.py)
 from leaderboard import TEST, VALIDATION  # noqa: E402
 from leaderboard_report import paired_margin, seed_ci  # noqa: E402
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     p = study_parser(__doc__ or "", "runs/precision_study")
     p.add_argument("--workers", type=int, default=1, help="training runs at once")
     args = p.parse_args(argv)
-    check_counts(p, args, "workers", "test_episodes")
+    at_least_one(p, args, "workers", "test_episodes")
     seeds = tuple(args.seeds)
     declared = protocol(seeds, args.quick, args.test_episodes)
     declare(args.out, declared)
