@@ -26,7 +26,8 @@ For each task and fleet size, one run in a fresh process (so memory peaks do not
   driver); the difference between the two shares is what running side by side costs the
   learning itself (shared caches and memory, the driver's threads preempting it);
 - the Ray workers: how many ``ClientAppActor`` (or fedmeta's ``BatchedAppActor``) processes
-  the run had at most.
+  the run had at most, and the cores each may run on (``simulation.pin_workers``:
+  ``--pin-workers on`` pins each to one).
 
 Each size runs under both of ``simulation.dispatch``'s message pumps (``fedmeta.app.dispatch``):
 Flower's own, and fedmeta's indexed one, so their ratio is measured on the same host load.
@@ -37,7 +38,7 @@ timed. Results: ``benchmarks/results/fleet_scale.md`` and ``.json``.
     python benchmarks/fleet_scale.py [--sizes 100 1000 10000] [--tasks sinusoid omniglot]
                                      [--rounds 4] [--dispatch indexed flower]
                                      [--fraction 0.1] [--worker-queue 2] [--worker-batch 8]
-                                     [--meta-batch 0]
+                                     [--meta-batch 0] [--pin-workers off]
                                      [--ray-cpus 0] [--repeat 1] [--keep]
 """
 
@@ -70,6 +71,7 @@ from host import cpu_name  # benchmarks/host.py, beside this script
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = 2
 QUEUE = SimulationConfig().worker_queue
+PINS = {"off": False, "on": True}  # --pin-workers: simulation.pin_workers
 BATCH = SimulationConfig().worker_batch
 
 
@@ -80,10 +82,11 @@ def per_round(size: int, fraction: float) -> int:
 
 def fleet_config(task: str, size: int, rounds: int, dispatch: str,
                  fraction: float = 0.1, queue: int = QUEUE, meta_batch: int = 0,
-                 ray_cpus: int = 0, batch: int = BATCH) -> dict[str, Any]:
+                 ray_cpus: int = 0, batch: int = BATCH, pin: bool = False) -> dict[str, Any]:
     """A fleet of ``size`` devices, ``per_round(size, fraction)`` sampled per round,
     evaluation only at round 0 and after the last; Flower's engine pumping messages by
-    ``dispatch``, each Ray worker holding ``queue`` calls of up to ``batch`` messages;
+    ``dispatch``, each Ray worker holding ``queue`` calls of up to ``batch`` messages,
+    pinned to a core of its own if ``pin``;
     ``meta_batch`` episodes a
     local step (0: the task's default, 10 for the sinusoid, 4 for Omniglot); ``ray_cpus``
     CPUs for Ray, one worker each (0: every core)."""
@@ -94,7 +97,7 @@ def fleet_config(task: str, size: int, rounds: int, dispatch: str,
                               "simulation": {"num_cpus": 1,
                                              "ray_cpus": ray_cpus or os.cpu_count() or 1,
                                              "dispatch": dispatch, "worker_queue": queue,
-                                             "worker_batch": batch}}
+                                             "worker_batch": batch, "pin_workers": pin}}
     if task == "omniglot":
         config["task"] = {"kind": "omniglot", "n_way": 5, "k_shot": 1, "q_query": 5,
                           "partition": "sampled", "device_classes": 10,
@@ -124,6 +127,7 @@ class TreeMemory:
         self.tree_every_s = tree_every_s
         self.actors = 0
         self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a worker, CPU s so far)
+        self.cores: dict[int, list[int]] = {}  # worker pid -> the cores it may run on
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,9 +151,21 @@ class TreeMemory:
                 if is_actor:
                     actors += 1
                     self.worker_peak = max(self.worker_peak, rss)
+                    self.cores[proc.pid] = self._cores(proc)
             self.driver_peak = max(self.driver_peak, me.memory_info().rss)
             self.peak, self.actors = max(self.peak, total), max(self.actors, actors)
             self._stop.wait(self.every_s)
+
+    @staticmethod
+    def _cores(proc: psutil.Process) -> list[int]:
+        """The cores ``proc``'s threads may run on, all of them together."""
+        cores: set[int] = set()
+        for thread in proc.threads():
+            try:
+                cores.update(os.sched_getaffinity(thread.id))
+            except OSError:  # a thread that ended
+                pass
+        return sorted(cores)
 
     def cpu_seconds(self, workers: bool) -> float:
         """CPU seconds of the workers (or of every other process: driver, GCS, raylet)."""
@@ -253,7 +269,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     start, load = time.perf_counter(), os.getloadavg()[0]
     with logs, TreeMemory() as memory, _flower_logs(False), \
             message_pump(cfg.simulation.dispatch) as nodes, \
-            queued_workers(worker_queue(cfg), worker_batch(cfg)):
+            queued_workers(worker_queue(cfg), worker_batch(cfg), cfg.simulation.pin_workers):
         try:  # fedmeta's Ray workers load the timed app
             worker_queue_module.by_reference = lambda _: partial(load_timed_app, logs.name)
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
@@ -273,6 +289,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
             "round1_s": train[1] - first_eval, "round_s": steady, "in_workers_s": in_workers,
             "peak_rss_mb": memory.peak / 2**20, "driver_peak_rss_mb": memory.driver_peak / 2**20,
             "worker_peak_rss_mb": memory.worker_peak / 2**20, "ray_workers": memory.actors,
+            "worker_cores": sorted(memory.cores.values()),
             "cpu_s_workers": memory.cpu_seconds(True),
             "cpu_s_others": memory.cpu_seconds(False) - paused[1],
             "between_s": {r: between[r] for r in steady if r in between},
@@ -342,11 +359,11 @@ def _timed_rounds(cfg: Any, rounds: list[int]) -> dict[int, float]:
 
 def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
         queue: int = QUEUE, meta_batch: int = 0, ray_cpus: int = 0,
-        batch: int = BATCH) -> dict[str, Any]:
-    """Measure one task, fleet size, dispatch, queue and batch (run in a fresh process by
-    ``main``)."""
+        batch: int = BATCH, pin: bool = False) -> dict[str, Any]:
+    """Measure one task, fleet size, dispatch, queue, batch and pinning (run in a fresh
+    process by ``main``)."""
     config = fleet_config(task, size, rounds, dispatch, fraction, queue, meta_batch, ray_cpus,
-                          batch)
+                          batch, pin)
     count = per_round(size, fraction)
     steady_rounds = list(range(2, rounds + 1))
     meta_learning_seconds(config, steady_rounds[:1])  # warm-up (torch's first calls), untimed
@@ -370,7 +387,7 @@ def one(task: str, size: int, rounds: int, dispatch: str, fraction: float = 0.1,
     timed = all(in_workers[r] > 0 for r in steady)  # a round without timed calls: none
     learning_shares = [in_workers[r] / workers / steady[r] for r in steady]
     return {"task": task, "devices": size, "dispatch": dispatch, "per_round": count,
-            "rounds": rounds, "worker_queue": queue, "worker_batch": batch,
+            "rounds": rounds, "worker_queue": queue, "worker_batch": batch, "pin_workers": pin,
             "meta_batch": config["federation"]["meta_batch"], "steal_share": steal,
             "ray_cpus": config["simulation"]["ray_cpus"],
             **ray_run, "round_s": statistics.median(steady.values()),
@@ -447,16 +464,21 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "runs (`--repeat`, the queues interleaved): the times of the run of median "
              "overhead share (of two, the higher), every run's share in brackets. Steal: the "
              "share of the host's CPU time the hypervisor took during the runs (a virtual "
-             "machine's cores are slower then).",
+             "machine's cores are slower then). Pinned: each Ray worker pinned to a core of "
+             "its own (`simulation.pin_workers`, fedmeta/app/pinning.py; rows measured "
+             "before 2026-12-03 16:30 UTC: no), with the cores each worker's threads were "
+             "seen on.",
              "",
              "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "
+             "pinned | "
              "start-up s | round 1 s | round s (median) | device meta-learning ms, between "
              "rounds | overhead share | before/after: ms (drift), share | "
              "side by side: ms, share | in workers: ms, learning share | "
              "peak RSS tree MB | driver MB | "
              "largest worker MB | wall s | "
              "CPU s workers / others | load | steal |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|"
+             "---:|"
              "---:|"
              "---:|---:|---:|---|---:|"]
     for r in results:
@@ -465,7 +487,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
             lines.append(f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
                          f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | "
                          f"{r.get('meta_batch', '?')} | "
-                         f"{r.get('per_round', '?')} | failed: {r['error']} |" + " |" * 15)
+                         f"{r.get('per_round', '?')} | failed: {r['error']} |" + " |" * 16)
             continue
         runs = r.get("overhead_runs", [])
         drift = f" ({100 * r['meta_drift']:+.0f}%)" if "meta_drift" in r else ""
@@ -490,7 +512,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
         lines.append(
             f"| {r['task']} | {r['devices']} | {r.get('dispatch', 'flower')} | "
             f"{r.get('worker_queue', 1)} | {r.get('worker_batch', 1)} | {meta_batch_of(r)} | "
-            f"{r['per_round']} | {r['ray_workers']} | "
+            f"{r['per_round']} | {r['ray_workers']} | {pinned(r)} | "
             f"{r['startup_s']:.1f} | {r['round1_s']:.1f} | {r['round_s']:.2f} | "
             f"{between} | {share} | {outside} | {co} | {inside} | "
             f"{r['peak_rss_mb']:.0f} | {r['driver_peak_rss_mb']:.0f} | "
@@ -502,6 +524,12 @@ def write(results: list[dict[str, Any]], started: str) -> None:
     lines += ["", "Rerun: `python benchmarks/fleet_scale.py` (see its docstring for options).",
               ""]
     (RESULTS / "fleet_scale.md").write_text("\n".join(lines))
+
+
+def pinned(row: dict[str, Any]) -> str:
+    """Whether a row's workers were pinned, and the cores each was seen on."""
+    cores = " / ".join(",".join(map(str, c)) for c in row.get("worker_cores", []))
+    return ("yes" if row.get("pin_workers") else "no") + (f" ({cores})" if cores else "")
 
 
 def spread(shares: list[float]) -> str:
@@ -535,6 +563,9 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=0,
                         help="episodes per local step (0: 10 for the sinusoid, 4 for "
                              "Omniglot); fewer make a device's learning shorter")
+    parser.add_argument("--pin-workers", nargs="+", default=["off"], choices=PINS,
+                        help="Ray workers each pinned to a core, or not, to compare "
+                             "(simulation.pin_workers)")
     parser.add_argument("--ray-cpus", type=int, default=0,
                         help="CPUs for Ray, one worker each (0: every core)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -547,30 +578,32 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.rounds, args.one[2],
                              args.fraction, args.worker_queue[0], args.meta_batch,
-                             args.ray_cpus, args.worker_batch[0])))
+                             args.ray_cpus, args.worker_batch[0],
+                             PINS[args.pin_workers[0]])))
         return
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results: list[dict[str, Any]] = []
-    keys = sorted(((t, s, d, q, b) for t in args.tasks for s in args.sizes
-                   for d in args.dispatch for q in args.worker_queue for b in args.worker_batch),
-                  key=lambda k: (k[0], k[1], k[2] != "flower", k[3], k[4]))
+    keys = sorted(((t, s, d, q, b, n) for t in args.tasks for s in args.sizes
+                   for d in args.dispatch for q in args.worker_queue for b in args.worker_batch
+                   for n in args.pin_workers),
+                  key=lambda k: (k[0], k[1], k[2] != "flower", k[3], k[4], PINS[k[5]]))
     measured = {row_key({"task": t, "devices": s, "dispatch": d, "worker_queue": q,
-                         "worker_batch": b,
+                         "worker_batch": b, "pin_workers": PINS[n],
                          "meta_batch": args.meta_batch or None,
                          "ray_cpus": args.ray_cpus or os.cpu_count()})
-                for t, s, d, q, b in keys}
+                for t, s, d, q, b, n in keys}
     previous = RESULTS / "fleet_scale.json"
     if args.keep and previous.exists():
         old = json.loads(previous.read_text())
         results = [dict(r, started=r.get("started", old["started"]))
                    for r in old["results"] if row_key(r) not in measured]
-    runs: dict[tuple[str, int, str, int, int], list[dict[str, Any]]] = {k: [] for k in keys}
+    runs: dict[tuple[str, int, str, int, int, str], list[dict[str, Any]]] = {k: [] for k in keys}
     for _ in range(args.repeat):
-        for task, size, dispatch, queue, batch in keys:
+        for task, size, dispatch, queue, batch, pin in keys:
             proc = subprocess.run([sys.executable, __file__, "--one", task, str(size), dispatch,
                                    "--rounds", str(args.rounds), "--fraction",
                                    str(args.fraction), "--worker-queue", str(queue),
-                                   "--worker-batch", str(batch),
+                                   "--worker-batch", str(batch), "--pin-workers", pin,
                                    "--meta-batch", str(args.meta_batch),
                                    "--ray-cpus", str(args.ray_cpus)],
                                   capture_output=True, text=True)
@@ -578,11 +611,11 @@ def main() -> None:
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
                 run = {"task": task, "devices": size, "dispatch": dispatch,
-                       "worker_queue": queue, "worker_batch": batch,
+                       "worker_queue": queue, "worker_batch": batch, "pin_workers": PINS[pin],
                        "per_round": per_round(size, args.fraction),
                        "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
             print(json.dumps(run), flush=True)
-            runs[(task, size, dispatch, queue, batch)].append(run)
+            runs[(task, size, dispatch, queue, batch, pin)].append(run)
         done = [median_run(r) for r in runs.values() if r]
         write(sorted(results + [dict(r, started=started) for r in done], key=row_key), started)
 
@@ -605,13 +638,13 @@ def meta_batch_of(row: dict[str, Any]) -> int:
     return row.get("meta_batch") or (4 if row["task"] == "omniglot" else 10)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int, int, int]:
-    """A row's task, fleet size, dispatch, queue, batch, meta-batch and Ray CPUs (rows
-    recorded before these were options: Flower's pump, one message a worker and a call, the
-    task's meta-batch, every core of the 2-core host)."""
+def row_key(row: dict[str, Any]) -> tuple[str, int, str, int, int, int, int, bool]:
+    """A row's task, fleet size, dispatch, queue, batch, meta-batch, Ray CPUs and pinning
+    (rows recorded before these were options: Flower's pump, one message a worker and a
+    call, the task's meta-batch, every core of the 2-core host, unpinned workers)."""
     return (row["task"], row["devices"], row.get("dispatch", "flower"),
             row.get("worker_queue", 1), row.get("worker_batch", 1), meta_batch_of(row),
-            row.get("ray_cpus", 2))
+            row.get("ray_cpus", 2), row.get("pin_workers", False))
 
 
 if __name__ == "__main__":

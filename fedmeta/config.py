@@ -200,7 +200,8 @@ class SimulationConfig:
     actors, a call per message; runs with hanging devices use 1). ``ray_address``: join
     that running Ray cluster (``auto``, ``host:port`` or ``ray://host:port``;
     docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then does not apply (the
-    cluster's nodes have their own)."""
+    cluster's nodes have their own). ``pin_workers``: each Ray worker pinned to a core of
+    its own while one is free (``fedmeta.app.pinning``; for a host the run has to itself)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -209,6 +210,7 @@ class SimulationConfig:
     worker_queue: int = 2
     worker_batch: int = 8
     ray_address: str = ""
+    pin_workers: bool = False
 
 
 @dataclass

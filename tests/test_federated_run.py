@@ -1,8 +1,8 @@
 """End to end on Flower's simulation engine (Ray): ``fedmeta run`` writes every output,
 ``fedmeta.simulate`` gives the same table, byte for byte (under Flower's own message pump and
 pool, two Ray workers holding one message each; the CLI under fedmeta's indexed pump, one
-worker holding two, ``simulation.worker_queue``), and Ray is shut down after each run;
-``flwr run .`` runs the same app on a local SuperLink."""
+worker holding two, ``simulation.worker_queue``, pinned to a core, ``pin_workers``), and Ray
+is shut down after each run; ``flwr run .`` runs the same app on a local SuperLink."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataF
 
     folder = tmp_path_factory.mktemp("runs")
     config = folder / "tiny.toml"
-    config.write_text(TINY.replace("ray_cpus = 2", "ray_cpus = 1"))
+    config.write_text(TINY.replace("ray_cpus = 2", "ray_cpus = 1") + "pin_workers = true\n")
     cli = subprocess.run([sys.executable, "-m", "fedmeta", "run", "--config", str(config),
                           "--out", str(folder / "cli"), "--no-progress"],
                          capture_output=True, text=True, timeout=300)

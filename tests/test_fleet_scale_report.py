@@ -25,7 +25,8 @@ def new_row(share: float, outside: float) -> dict:
                 meta_drift=-0.03, overhead_share_outside=outside, co_run_per_device_ms=19.0,
                 overhead_share_co_run=0.13, in_workers_per_device_ms=20.0,
                 in_workers_cpu_per_device_ms=18.7, learning_share_in_workers=0.92,
-                load=[0.2, 1.9], steal_share=0.0, started="now")
+                load=[0.2, 1.9], steal_share=0.0, pin_workers=True, worker_cores=[[0], [1]],
+                started="now")
 
 
 def test_a_call_counts_in_the_round_whose_training_record_follows_it(tmp_path: Path) -> None:
@@ -64,4 +65,6 @@ def test_every_row_of_the_table_has_the_header_columns(tmp_path: Path,
     assert old_cells[share] == "" and old_cells[outside] == "31.8, 58%"
     assert new_cells[share] == "13% [13, 10]"
     assert new_cells[outside] == "19.4 (-3%), 8% [8, 20]"
+    pinned = header.index("pinned")
+    assert (old_cells[pinned], new_cells[pinned]) == ("no", "yes (0 / 1)")
     assert "failed: RayOutOfMemoryError" in table[4]

@@ -154,7 +154,8 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
         if cfg.simulation.ray_address:
             cluster.connect(cfg, verbose)
         with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes, \
-                queued_workers(worker_queue(cfg), worker_batch(cfg)):
+                queued_workers(worker_queue(cfg), worker_batch(cfg),
+                               cfg.simulation.pin_workers):
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:

@@ -44,6 +44,7 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
 from ..config import Config
 from . import client_app
+from .pinning import pin_worker
 from .ray_batches import BatchedBackend
 
 
@@ -97,12 +98,13 @@ def worker_batch(cfg: Config) -> int:
 
 
 @contextmanager
-def queued_workers(depth: int, batch: int = 1) -> Iterator[None]:
+def queued_workers(depth: int, batch: int = 1, pin: bool = False) -> Iterator[None]:
     """Run the simulation engine started inside with ``depth`` calls per Ray worker at once
     (1: one, as Flower's pool), each of up to ``batch`` messages (1: Flower's actors, one
     message a call; more: ``fedmeta.app.ray_batches``), and a thread for each message that
-    can be in flight. Another backend than Flower's Ray one is left as it is, but for the
-    threads."""
+    can be in flight; with ``pin``, each Ray worker pinned to a core of its own
+    (``fedmeta.app.pinning``). Another backend than Flower's Ray one is left as it is, but
+    for the threads."""
     if depth < 1 or batch < 1:
         raise ValueError(f"depth {depth}, batch {batch}: each at least 1")
     run_api, executor = vce_api.run_api, vce_api.ThreadPoolExecutor
@@ -114,6 +116,8 @@ def queued_workers(depth: int, batch: int = 1) -> Iterator[None]:
         def queued() -> Backend:
             backend = backend_fn()
             if type(backend) is RayBackend:
+                if pin:  # read when the backend builds its actors
+                    backend.actor_kwargs["on_actor_init_fn"] = pin_worker
                 backend = (BatchedBackend(backend, depth, batch, by_reference) if batch > 1
                            else QueuedBackend(backend, depth))
             built.append(backend)
