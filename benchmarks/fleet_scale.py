@@ -234,7 +234,8 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     from fedmeta.app.server_app import run_federation
     from fedmeta.app.dispatch import message_pump
     from fedmeta.app import worker_queue as worker_queue_module
-    from fedmeta.app.worker_queue import queued_workers, worker_batch, worker_queue
+    from fedmeta.app.worker_queue import (pinned_cores, queued_workers, worker_batch,
+                                          worker_queue)
     from fedmeta.app.simulation import _flower_logs, as_config, backend_config
 
     cfg = as_config(config)
@@ -269,7 +270,7 @@ def run_on_ray(config: dict[str, Any]) -> dict[str, Any]:
     start, load = time.perf_counter(), os.getloadavg()[0]
     with logs, TreeMemory() as memory, _flower_logs(False), \
             message_pump(cfg.simulation.dispatch) as nodes, \
-            queued_workers(worker_queue(cfg), worker_batch(cfg), cfg.simulation.pin_workers):
+            queued_workers(worker_queue(cfg), worker_batch(cfg), pinned_cores(cfg)):
         try:  # fedmeta's Ray workers load the timed app
             worker_queue_module.by_reference = lambda _: partial(load_timed_app, logs.name)
             run_simulation(server, client_app.app, num_supernodes=cfg.federation.num_devices,
@@ -466,7 +467,7 @@ def write(results: list[dict[str, Any]], started: str) -> None:
              "share of the host's CPU time the hypervisor took during the runs (a virtual "
              "machine's cores are slower then). Pinned: each Ray worker pinned to a core of "
              "its own (`simulation.pin_workers`, fedmeta/app/pinning.py; rows measured "
-             "before 2026-12-03 16:30 UTC: no), with the cores each worker's threads were "
+             "before 2026-12-03 16:10 UTC: no), with the cores each worker's threads were "
              "seen on.",
              "",
              "| task | devices | dispatch | queue | batch | meta-batch | per round | Ray workers | "

@@ -34,7 +34,7 @@ def train_and_evaluate(cfg: Config, checkpoint: Path | None = None,
     learner_kwargs = {"inner_lr": cfg.meta.inner_lr, "inner_steps": cfg.meta.inner_steps,
                       "eval_steps": cfg.meta.eval_steps}
     learner = build_learner(cfg.meta.algorithm, model, precision=cfg.train.precision,
-                            **learner_kwargs)
+                            batched=cfg.train.batched, **learner_kwargs)
     trainer = MetaTrainer(learner, cfg.train.meta_lr, cfg.train.meta_optimizer, device)
     start = time.perf_counter()
     params = trainer.train(tasks.train, cfg.train.iterations, cfg.train.meta_batch,

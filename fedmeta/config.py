@@ -105,7 +105,9 @@ class TrainConfig:
     """Central meta-training: outer optimizer, iterations, meta-batch, evaluation; and
     ``device``, where every entry point computes (``resolve_device``); ``precision``:
     ``bfloat16`` runs evaluation and first-order meta-updates under bfloat16 autocast
-    (``fedmeta.meta.base.MetaLearner``), ``float32`` (default) does not."""
+    (``fedmeta.meta.base.MetaLearner``), ``float32`` (default) does not; ``batched``: a
+    meta-batch's episodes run together (``true``), one at a time (``false``), or ``auto``
+    (default): together on a GPU or on several CPU threads (``MetaLearner.batched``)."""
 
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"
@@ -115,6 +117,7 @@ class TrainConfig:
     seed: int = 0
     device: str = AUTO  # auto | cpu | cuda | cuda:N (resolve_device)
     precision: str = "float32"  # float32 | bfloat16 (autocast; MetaLearner)
+    batched: bool | None = None  # auto | true | false (MetaLearner.batched)
 
 
 @dataclass
@@ -200,8 +203,9 @@ class SimulationConfig:
     actors, a call per message; runs with hanging devices use 1). ``ray_address``: join
     that running Ray cluster (``auto``, ``host:port`` or ``ray://host:port``;
     docs/scale.md) instead of starting a local Ray; ``ray_cpus`` then does not apply (the
-    cluster's nodes have their own). ``pin_workers``: each Ray worker pinned to a core of
-    its own while one is free (``fedmeta.app.pinning``; for a host the run has to itself)."""
+    cluster's nodes have their own). ``pin_workers``: each Ray worker pinned to cores of its
+    own (as many as ``num_cpus``, a whole number) while they are free
+    (``fedmeta.app.pinning``; for a host the run has to itself)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -337,6 +341,13 @@ def _sections() -> dict[str, type]:
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """``value`` as type ``kind`` or a ``ConfigError`` naming ``name``."""
+    if kind == bool | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+            return None
+        try:
+            return _coerce(name, value, bool)
+        except ConfigError:
+            raise ConfigError(name, value, f"true, false or \"{AUTO}\"") from None
     if kind in (int | None, float | None):
         if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
             return None
@@ -758,6 +769,10 @@ def _check_simulation(s: SimulationConfig) -> None:
     if s.worker_batch < 1:
         raise ConfigError("simulation.worker_batch", s.worker_batch,
                           "an integer >= 1 (messages sent to a Ray worker in one call)")
+    if s.pin_workers and not (s.num_cpus.is_integer() and s.num_cpus >= 1):
+        raise ConfigError("simulation.pin_workers", s.pin_workers,
+                          f"false when simulation.num_cpus ({s.num_cpus:g}) is not a whole "
+                          f"number of cores")
     if s.ray_address and not (s.ray_address == "auto" or _host_port(s.ray_address)):
         raise ConfigError("simulation.ray_address", s.ray_address,
                           "empty (start a local Ray), auto, host:port or ray://host:port "

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,10 @@ def train_and_score(run: Run, data_dir: str, test_episodes: int, threads: int,
     return record
 
 
-def run_all(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every run's record: reused from ``--out/jobs`` or trained, one at a time, each in a
+def run_all(runs: list[Run], args: argparse.Namespace,
+            job: Callable[..., dict[str, Any]] = train_and_score) -> list[dict[str, Any]]:
+    """Every run's record: reused from ``--out/jobs`` or made by ``job`` (``run, data_dir,
+    test_episodes, threads, folder``: writes ``folder/job.json``), one at a time, each in a
     fresh process (``OMP_NUM_THREADS`` set before torch starts there)."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # what the spawned processes inherit
     spawn = multiprocessing.get_context("spawn")  # not fork: this process may hold torch
@@ -116,8 +119,8 @@ def run_all(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
         for done, run in enumerate(runs, 1):
             path = args.out / "jobs" / run.key / "job.json"
             if not path.is_file():
-                pool.submit(train_and_score, run, args.data_dir, args.test_episodes,
-                            args.threads, path.parent).result()
+                pool.submit(job, run, args.data_dir, args.test_episodes, args.threads,
+                            path.parent).result()
             record = json.loads(path.read_text())
             records.append(record)
             print(f"[{done}/{len(runs)}] {run.key}: test acc {np.mean(record['post_acc']):.3f} "
@@ -151,9 +154,13 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    lines = [*report_head(__doc__ or "", "Batched episodes against the loop on Omniglot "
-                          "(`batched`)", meta,
+def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any],
+                 doc: str = __doc__ or "", stem: str = "batching_study",
+                 learners: dict[str, str] = LEARNERS) -> None:
+    """``<stem>.md`` and ``.json`` in ``out``: the table, headed by ``doc``'s protocol."""
+    lines = [*report_head(doc, "Batched episodes against the loop on Omniglot "
+                          "(`batched`)" + (", federated" if stem.endswith("federated") else ""),
+                          meta,
                           f"one run at a time, {meta['threads']} torch threads; load average "
                           f"{meta['load'][0]} before, {meta['load'][1]} after"),
              "| learner | training episodes | seeds | test acc %: loop | batched | batched - "
@@ -162,16 +169,15 @@ def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any])
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for e in entries:
         lines.append(
-            f"| {LEARNERS[e['algorithm']]} | {e['episodes']} | {len(e['seeds'])} | "
+            f"| {learners[e['algorithm']]} | {e['episodes']} | {len(e['seeds'])} | "
             f"{pct(e['accuracy']['loop'])} | {pct(e['accuracy']['batched'])} | "
             f"{points(e['difference'])} | {e['train_s_median']['loop']:.0f} / "
             f"{e['train_s_median']['batched']:.0f} | {e['loop_over_batched']:.2f} "
             f"({', '.join(f'{x:.2f}' for x in e['ratios'])}) |")
     lines += ["", "Intervals: t-based 95% CI over seeds. A time ratio above 1: batching was "
               "faster."]
-    (out / "batching_study.md").write_text("\n".join(lines) + "\n")
-    (out / "batching_study.json").write_text(json.dumps({**meta, "entries": entries},
-                                                        indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({**meta, "entries": entries}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

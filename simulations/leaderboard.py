@@ -154,9 +154,10 @@ def central_config(job: Job, held_out: str, excluded: str) -> dict[str, Any]:
                                      else b.episodes(job.row.ways)) // b.central_meta_batch}}
 
 
-def federated_config(job: Job) -> dict[str, Any]:
+def federated_config(job: Job, batched: bool | None = None) -> dict[str, Any]:
     """The run's config: held-out devices hold the VALIDATION alphabet (its curve and the
-    cost-to-target columns), the test alphabets are excluded from the run entirely."""
+    cost-to-target columns), the test alphabets are excluded from the run entirely;
+    ``batched``: ``train.batched`` (None: the default, ``auto``)."""
     b, r = job.budget, job.row
     partition, devices, _ = PARTITIONS[r.partition]
     held = 1 if partition == "alphabet" else 2  # the validation set is one alphabet
@@ -175,11 +176,12 @@ def federated_config(job: Job) -> dict[str, Any]:
                               if r.algorithm.startswith("fedmeta") else {})},
             "fleet": {"tiers": "phone:1.0:0:1.0", "policy": "wait"},  # always available: clock only
             "simulation": {"ray_cpus": 1},
-            "train": {"seed": job.seed}}
+            "train": {"seed": job.seed, **({} if batched is None else {"batched": batched})}}
 
 
-def run_job(job: Job, folder: Path) -> dict[str, Any]:
-    """Train ``job`` and score it: on the test alphabets (final) or validation (sweep)."""
+def run_job(job: Job, folder: Path, batched: bool | None = None) -> dict[str, Any]:
+    """Train ``job`` and score it: on the test alphabets (final) or validation (sweep);
+    a federated job with ``train.batched = batched`` (None: ``auto``)."""
     import torch
 
     torch.set_num_threads(1)
@@ -202,7 +204,7 @@ def run_job(job: Job, folder: Path) -> dict[str, Any]:
     if job.row.kind == "federated":
         import fedmeta
 
-        fed_cfg = cfgmod.from_dict(federated_config(job))
+        fed_cfg = cfgmod.from_dict(federated_config(job, batched))
         frame = fedmeta.simulate(fed_cfg, out=folder / "run", progress=False, overwrite=True)
         checkpoint = frame.attrs["checkpoint"]
         learner = checkpoint.learner()

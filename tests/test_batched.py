@@ -71,12 +71,19 @@ def test_batchnorm_statistics_are_per_task() -> None:
     torch.testing.assert_close(var, torch.ones_like(var), atol=1e-4, rtol=0)
 
 
-def test_unsupported_models_fall_back_to_the_loop() -> None:
+def test_unsupported_models_fall_back_to_the_loop_and_refuse_batched_true() -> None:
     model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     assert not supports_batching(model)
-    learner = build_learner("maml", model, inner_lr=0.05, batched=True)
+    with pytest.raises(ConfigError, match="train.batched.*Sequential"):
+        build_learner("maml", model, inner_lr=0.05, batched=True)
+    learner = build_learner("maml", model, inner_lr=0.05)  # auto: the loop, on any device
     batch = _regression_batch()
-    assert not learner.batches(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # where auto would batch a model it can batch
+    try:
+        assert not learner.batches(batch)
+    finally:
+        torch.set_num_threads(threads)
     update = learner.meta_update(learner.init_params(), batch)
     assert torch.isfinite(update.direction["0.weight"]).all()
     assert supports_batching(Conv4()) and supports_batching(MLP())
@@ -89,7 +96,8 @@ def _pair(name: str, model: nn.Module, **kwargs):
 
 
 CASES = [(name, kind) for name in sorted(ALGORITHMS) for kind in ("conv4", "mlp")
-         if not (ALGORITHMS[name].few_shot_only and kind == "mlp")]
+         if ALGORITHMS[name].runs_episodes_together  # the others refuse batched=True
+         and not (ALGORITHMS[name].few_shot_only and kind == "mlp")]
 
 
 def _case(kind: str):

@@ -70,3 +70,26 @@ def test_a_thread_count_below_one_is_refused(capsys: pytest.CaptureFixture[str])
         batching_study.main(["--threads", "0"])
     assert exit_.value.code == 2
     assert "--threads 0: an integer >= 1" in capsys.readouterr().err
+
+
+def test_quick_federated_study_end_to_end(omniglot_dir: Path, tmp_path: Path) -> None:
+    """The federated study's machinery: each seed's two runs differ only in train.batched,
+    the records hold the validation curve and the test scores, no run folder is kept."""
+    import batching_study_federated as federated
+
+    out = tmp_path / "federated"
+    args = ["--quick", "--seeds", "0", "--test-episodes", "10", "--data-dir",
+            str(omniglot_dir), "--out", str(out)]
+    federated.main(args)
+    report = json.loads((out / "batching_study_federated.json").read_text())
+    [entry] = report["entries"]
+    assert entry["algorithm"] == "fedmeta-fomaml" and entry["episodes"] == 80
+    jobs = sorted(p.name for p in (out / "jobs").iterdir())
+    assert jobs == ["fedmeta-fomaml-80ep-seed0-batched", "fedmeta-fomaml-80ep-seed0-loop"]
+    for job in jobs:
+        record = json.loads((out / "jobs" / job / "job.json").read_text())
+        assert len(record["post_acc"]) == 10 and record["rounds"] == 4
+        assert [point["round"] for point in record["curve"]] == [0, 4]
+        assert sorted(p.name for p in (out / "jobs" / job).iterdir()) == ["job.json"]
+    assert "| FedMeta first-order MAML (4 drawers a device) | 80 | 1 |" in (
+        out / "batching_study_federated.md").read_text()

@@ -97,7 +97,8 @@ def test_pyproject_flower_run_config_is_the_config_defaults() -> None:
                 for k, v in fields.items()}
     defaults = Config().to_flat()
     central_only = {k for k in defaults if k.startswith(("simulation.", "train."))
-                    and k not in ("train.seed", "train.device", "train.precision")} | {
+                    and k not in ("train.seed", "train.device", "train.precision",
+                                  "train.batched")} | {
                         "meta.algorithm"}
     assert set(declared) == set(defaults) - central_only
     # flwr run sizes the fleet to the federation it finds (fedmeta/app/sizing.py); at the

@@ -1,9 +1,10 @@
-"""Ray workers pinned one to a core (``fedmeta.app.pinning``, ``simulation.pin_workers``):
-each live process claims a core no other live process holds, one process more than cores
-gets none, a claim ends with its process, pinning moves every thread of the process (those
-started before and after), and in real Ray workers two actors end up on two cores, all their
-threads (Ray's own included) with them. That a pinned run computes what an unpinned one
-does, byte for byte, is checked in tests/test_federated_run.py."""
+"""Ray workers pinned to cores of their own (``fedmeta.app.pinning``,
+``simulation.pin_workers``): each live process claims cores no other live process holds, one
+process more than cores gets none, a worker of two CPUs claims two or none, a claim ends with
+its process, pinning moves every thread of the process (those started before and after), in
+real Ray workers two actors end up on two cores, all their threads (Ray's own included)
+with them, and workers of a fraction of a CPU are refused. That a pinned run computes what
+an unpinned one does, byte for byte, is checked in tests/test_federated_run.py."""
 
 from __future__ import annotations
 
@@ -19,17 +20,19 @@ from fedmeta.app.worker_queue import queued_workers
 from fedmeta.config import from_flat
 from fedmeta.errors import ConfigError
 
-CLAIM = ("import sys; from pathlib import Path; from fedmeta.app.pinning import claim_core; "
-         "print(claim_core(Path(sys.argv[1])), flush=True); sys.stdin.read()")
+CLAIM = ("import sys; from pathlib import Path; from fedmeta.app.pinning import claim_cores; "
+         "print(claim_cores(Path(sys.argv[1]), int(sys.argv[2])), flush=True); "
+         "sys.stdin.read()")
 
 
-def claimers(folder: Path, count: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
-    """``count`` processes, started one after another, each claiming a core in ``folder``
-    and holding it until its stdin closes; what each claimed."""
+def claimers(folder: Path, count: int, cores: int = 1
+             ) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    """``count`` processes, started one after another, each claiming ``cores`` cores in
+    ``folder`` and holding them until its stdin closes; what each claimed."""
     procs, got = [], []
     for _ in range(count):
-        proc = subprocess.Popen([sys.executable, "-c", CLAIM, str(folder)], text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-c", CLAIM, str(folder), str(cores)],
+                                text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         procs.append(proc)
         got.append(proc.stdout.readline().strip())
     return procs, got
@@ -45,18 +48,32 @@ def test_live_processes_claim_distinct_cores_and_one_too_many_gets_none(tmp_path
     cores = sorted(os.sched_getaffinity(0))
     procs, got = claimers(tmp_path, len(cores) + 1)
     try:
-        assert got == [str(c) for c in cores] + ["None"]
+        assert got == [str([c]) for c in cores] + ["None"]
     finally:
         release(procs)
     procs, got = claimers(tmp_path, 1)  # the claims ended with their processes
     release(procs)
-    assert got == [str(cores[0])]
+    assert got == [str([cores[0]])]
+
+
+def test_a_worker_of_two_cpus_claims_two_cores_or_none(tmp_path: Path) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores")
+    procs, got = claimers(tmp_path, 2, cores=2)
+    try:
+        assert got == [str(cores[:2]), "None" if len(cores) < 4 else str(cores[2:4])]
+    finally:
+        release(procs)
+    procs, got = claimers(tmp_path, 1, cores=len(cores))  # nothing was left held by the None
+    release(procs)
+    assert got == [str(cores)]
 
 
 def test_an_unwritable_claims_folder_leaves_the_worker_unpinned(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert pinning.claim_core(blocker / "claims") is None  # a file where a folder would be
+    assert pinning.claim_cores(blocker / "claims") is None  # a file where a folder would be
 
 
 def test_pinning_moves_every_thread_before_and_after() -> None:
@@ -68,7 +85,7 @@ from fedmeta.app.pinning import pin_threads
 stop = threading.Event()
 before = threading.Thread(target=stop.wait); before.start()
 core = max(os.sched_getaffinity(0))
-pin_threads(core)
+pin_threads([core])
 after = threading.Thread(target=stop.wait); after.start()
 tids = [before.native_id, after.native_id, threading.get_native_id()]
 print(core, [sorted(os.sched_getaffinity(t)) for t in tids])
@@ -89,7 +106,7 @@ def test_two_ray_workers_are_pinned_to_two_cores_with_all_their_threads() -> Non
     @ray.remote(num_cpus=1)
     class Probe:
         def __init__(self) -> None:
-            pinning.pin_worker()
+            pinning.pin_worker(1)
 
         def threads(self) -> list[list[int]]:
             return [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
@@ -117,11 +134,17 @@ def test_pin_workers_gives_the_ray_workers_the_pin(monkeypatch: pytest.MonkeyPat
                         lambda app_fn, backend_fn, *rest: seen.append(backend_fn()))
     monkeypatch.setattr(worker_queue, "RayBackend", _RayBackend)
     for batch in (1, 4):
-        for pin in (False, True):
+        for pin in (0, 2):
             with queued_workers(2, batch, pin):
                 vce_api.run_api(None, _RayBackend)
     kwargs = [b.backend.actor_kwargs for b in seen]
-    assert kwargs == [{}, {"on_actor_init_fn": pinning.pin_worker}] * 2
+    assert kwargs[0] == kwargs[2] == {}
+    for pinned in (kwargs[1], kwargs[3]):
+        init = pinned["on_actor_init_fn"]
+        assert (init.func, init.args) == (pinning.pin_worker, (2,))
+    cfg = from_flat({"simulation.pin_workers": True, "simulation.num_cpus": 2})
+    assert worker_queue.pinned_cores(cfg) == 2
+    assert worker_queue.pinned_cores(from_flat({"simulation.num_cpus": 2})) == 0
 
 
 def test_pin_workers_is_a_boolean_off_by_default() -> None:
@@ -129,6 +152,8 @@ def test_pin_workers_is_a_boolean_off_by_default() -> None:
     assert from_flat({"simulation.pin_workers": "true"}).simulation.pin_workers is True
     with pytest.raises(ConfigError, match="simulation.pin_workers"):
         from_flat({"simulation.pin_workers": "sometimes"})
+    with pytest.raises(ConfigError, match=r"simulation.pin_workers.*num_cpus \(0.5\)"):
+        from_flat({"simulation.pin_workers": True, "simulation.num_cpus": 0.5})
 
 
 def test_a_thread_that_ended_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,5 +165,5 @@ def test_a_thread_that_ended_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(pinning.os, "sched_setaffinity", gone)
     monkeypatch.setattr(pinning.os, "listdir", lambda _: ["1", "2"])
-    pinning.pin_threads(0)
+    pinning.pin_threads([0])
     assert calls == [1, 2]

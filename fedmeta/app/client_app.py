@@ -82,7 +82,8 @@ def _learner(cfg: Config, flat: tuple, model: str, model_kwargs: str) -> MetaLea
         learner = build_learner(algorithm.learner,
                                 build_model(model, **json.loads(model_kwargs)),
                                 inner_lr=cfg.meta.inner_lr, inner_steps=cfg.meta.inner_steps,
-                                eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision)
+                                eval_steps=cfg.meta.eval_steps, precision=cfg.train.precision,
+                                batched=cfg.train.batched)
         cached = _LEARNERS.cached = (key, learner)
     return cached[1]
 

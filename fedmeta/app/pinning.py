@@ -3,13 +3,14 @@
 Linux moves a busy thread between cores as other threads wake (the driver, Ray's daemons),
 and a moved learner finds its private caches cold: on a 2-core AMD EPYC, two workers left to
 the scheduler spent 5-18% more CPU time per device on the same learning than the reference
-timed alone, pinned ones 1-5% (docs/scale.md, "Seventh look"). Each worker claims the first
-core of those it may run on that no other pinned worker of this user on this host holds (an
-exclusive ``flock`` on ``<tmp>/fedmeta-cores-<uid>/core-<n>.lock``, released by the kernel
-when the worker exits, however it exits) and pins all its threads there; threads it starts
-later inherit it. With every core claimed (more workers than cores, or another pinned run
-on the host), a worker runs unpinned, as without the setting. Nothing a device computes
-changes, only where it runs.
+timed alone, pinned ones 1-5% (docs/scale.md, "Seventh look"). Each worker claims as many
+cores as it has CPUs in Ray (``simulation.num_cpus``, a whole number), the first of those it
+may run on that no other pinned worker of this user on this host holds (an exclusive
+``flock`` on ``<tmp>/fedmeta-cores-<uid>/core-<n>.lock`` each, released by the kernel when
+the worker exits, however it exits), and pins all its threads to them; threads it starts
+later inherit them. With too few cores left unclaimed (more workers than cores, or another
+pinned run on the host), a worker runs unpinned, as without the setting. Nothing a device
+computes changes, only where it runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-_claim: list[int] = []  # the held lock's file descriptor: open for the worker's whole life
+_claims: list[int] = []  # the held locks' file descriptors: open for the worker's whole life
 
 
 def claims_folder() -> Path:
@@ -27,43 +28,48 @@ def claims_folder() -> Path:
     return Path(tempfile.gettempdir()) / f"fedmeta-cores-{os.getuid()}"
 
 
-def claim_core(folder: Path) -> int | None:
-    """Claim the first core this process may run on that no live process has claimed in
-    ``folder``: its number, the claim held until this process exits; None if all are held
-    (or ``folder`` cannot be written)."""
+def claim_cores(folder: Path, count: int = 1) -> list[int] | None:
+    """Claim the first ``count`` cores this process may run on that no live process has
+    claimed in ``folder``: their numbers, the claims held until this process exits; None
+    (nothing held) if fewer are free or ``folder`` cannot be written."""
+    held: list[tuple[int, int]] = []  # (core, its lock's descriptor)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-    except OSError:
-        return None
-    for core in sorted(os.sched_getaffinity(0)):
-        try:
+        for core in sorted(os.sched_getaffinity(0)):
+            if len(held) == count:
+                break
             fd = os.open(folder / f"core-{core}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another live process holds it
-            os.close(fd)
-            continue
-        _claim.append(fd)
-        return core
-    return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another live process holds it
+                os.close(fd)
+                continue
+            held.append((core, fd))
+    except OSError:
+        pass
+    if len(held) < count:
+        for _, fd in held:
+            os.close(fd)  # closing the descriptor releases its lock
+        return None
+    _claims.extend(fd for _, fd in held)
+    return [core for core, _ in held]
 
 
-def pin_threads(core: int) -> None:
-    """Pin every thread of this process to ``core`` (``sched_setaffinity`` sets one thread)."""
+def pin_threads(cores: list[int]) -> None:
+    """Pin every thread of this process to ``cores`` (``sched_setaffinity`` sets one
+    thread)."""
     for tid in os.listdir("/proc/self/task"):
         try:
-            os.sched_setaffinity(int(tid), {core})
+            os.sched_setaffinity(int(tid), cores)
         except (ProcessLookupError, PermissionError):  # a thread that just ended
             pass
 
 
-def pin_worker() -> None:
-    """A Ray worker's start (``on_actor_init_fn``): pinned to a core of its own, if one is
-    free."""
-    if _claim:  # pinned already
+def pin_worker(cores: int = 1) -> None:
+    """A Ray worker's start (``on_actor_init_fn``, with its number of CPUs): pinned to that
+    many cores of its own, if as many are free."""
+    if _claims:  # pinned already
         return
-    core = claim_core(claims_folder())
-    if core is not None:
-        pin_threads(core)
+    claimed = claim_cores(claims_folder(), cores)
+    if claimed is not None:
+        pin_threads(claimed)

@@ -85,7 +85,7 @@ def run_federation(grid: Grid, cfg: Config, report: Callable[[Row], None],
         torch.manual_seed(cfg.train.seed)  # (and the modules a learner adds: relation, snail)
         model = build_model(tasks.model, **tasks.model_kwargs)
         learner = build_learner(algorithm.learner, model, precision=cfg.train.precision,
-                                **learner_kwargs)
+                                batched=cfg.train.batched, **learner_kwargs)
     trainer = MetaTrainer(learner, fed.server_lr, fed.server_optimizer,
                           resolve_device(cfg.train.device))
     rows: list[Row] = []

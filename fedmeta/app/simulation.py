@@ -34,7 +34,7 @@ from ..server_state import STATE_FILE, ServerState
 from ..tasks.factory import check_fleet_tasks
 from . import client_app, cluster
 from .dispatch import message_pump
-from .worker_queue import queued_workers, worker_batch, worker_queue
+from .worker_queue import pinned_cores, queued_workers, worker_batch, worker_queue
 from .outcome import DeviceReports, outcome_error
 from .privacy_wrap import privacy_summary
 from .server_app import check_resumable, run_federation
@@ -154,8 +154,7 @@ def simulate(config: Config | Mapping[str, Any] | str | Path, out: str | Path | 
         if cfg.simulation.ray_address:
             cluster.connect(cfg, verbose)
         with _flower_logs(verbose), message_pump(cfg.simulation.dispatch) as nodes, \
-                queued_workers(worker_queue(cfg), worker_batch(cfg),
-                               cfg.simulation.pin_workers):
+                queued_workers(worker_queue(cfg), worker_batch(cfg), pinned_cores(cfg)):
             run_simulation(server, client_app.app, num_supernodes=fed.num_devices,
                            backend_config=backend, verbose_logging=verbose)
     finally:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from flwr.app import Context, Message
@@ -91,6 +92,12 @@ def worker_queue(cfg: Config) -> int:
     return 1 if cfg.faults.hang > 0 else cfg.simulation.worker_queue
 
 
+def pinned_cores(cfg: Config) -> int:
+    """Cores each Ray worker is pinned to: its CPUs if ``simulation.pin_workers``, else 0
+    (not pinned)."""
+    return int(cfg.simulation.num_cpus) if cfg.simulation.pin_workers else 0
+
+
 def worker_batch(cfg: Config) -> int:
     """The run's messages per Ray call: ``simulation.worker_batch``, or 1 when devices may
     hang (the messages of a call would wait for a hanging one)."""
@@ -98,11 +105,11 @@ def worker_batch(cfg: Config) -> int:
 
 
 @contextmanager
-def queued_workers(depth: int, batch: int = 1, pin: bool = False) -> Iterator[None]:
+def queued_workers(depth: int, batch: int = 1, pin: int = 0) -> Iterator[None]:
     """Run the simulation engine started inside with ``depth`` calls per Ray worker at once
     (1: one, as Flower's pool), each of up to ``batch`` messages (1: Flower's actors, one
     message a call; more: ``fedmeta.app.ray_batches``), and a thread for each message that
-    can be in flight; with ``pin``, each Ray worker pinned to a core of its own
+    can be in flight; with ``pin`` > 0, each Ray worker pinned to ``pin`` cores of its own
     (``fedmeta.app.pinning``). Another backend than Flower's Ray one is left as it is, but
     for the threads."""
     if depth < 1 or batch < 1:
@@ -117,7 +124,7 @@ def queued_workers(depth: int, batch: int = 1, pin: bool = False) -> Iterator[No
             backend = backend_fn()
             if type(backend) is RayBackend:
                 if pin:  # read when the backend builds its actors
-                    backend.actor_kwargs["on_actor_init_fn"] = pin_worker
+                    backend.actor_kwargs["on_actor_init_fn"] = partial(pin_worker, pin)
                 backend = (BatchedBackend(backend, depth, batch, by_reference) if batch > 1
                            else QueuedBackend(backend, depth))
             built.append(backend)

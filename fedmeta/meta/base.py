@@ -124,8 +124,9 @@ class MetaLearner(ABC):
     ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
     against), or ``None`` (default): together where the episodes are on an accelerator or
     the CPU computes on several threads, one at a time on a single CPU thread, where the
-    loop was measured faster (see ``batches``). Models that ``supports_batching`` rejects
-    always run one episode at a time.
+    loop was measured faster (see ``batches``). Models that ``supports_batching`` rejects,
+    and learners that run one episode at a time (``runs_episodes_together`` False), refuse
+    ``True``.
     """
 
     name: str = ""
@@ -133,6 +134,7 @@ class MetaLearner(ABC):
     """Whether ``meta_update`` needs no second derivatives (``precision`` applies to it)."""
     few_shot_only = False  # True: classifies N-way K-shot episodes only (metric learners...)
     any_way = False  # True: scores episodes of any number of classes (not its head's)
+    runs_episodes_together = True  # False: one episode at a time, whatever ``batched`` says
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_steps: int | None = None, batched: bool | None = None,
@@ -151,7 +153,11 @@ class MetaLearner(ABC):
         self.eval_steps = int(eval_steps) if eval_steps is not None else self.inner_steps
         self.batched = batched
         self.precision = precision
-        self.batchable = supports_batching(model)
+        self.batchable = self.runs_episodes_together and supports_batching(model)
+        if batched and not self.batchable:
+            raise ConfigError("train.batched", batched,
+                              f"\"auto\" or false for {self.name} on {type(model).__name__} "
+                              f"(it runs one episode at a time)")
 
     def batches(self, batch: EpisodeBatch) -> bool:
         """Whether ``batch``'s episodes run together (see the class docstring).

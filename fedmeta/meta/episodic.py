@@ -35,6 +35,7 @@ class EpisodicLearner(MetaLearner):
 
     few_shot_only = True
     any_way = True  # SNAIL: only its head's number of classes
+    runs_episodes_together = False
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_steps: int | None = None, batched: bool | None = None,
@@ -49,7 +50,6 @@ class EpisodicLearner(MetaLearner):
         super().__init__(model, inner_lr, inner_steps, eval_steps, batched, precision)
         dtype = next(model.parameters()).dtype
         self.model = self.build(model).to(dtype).train()
-        self.batchable = False  # one episode at a time, on every device
 
     @abstractmethod
     def build(self, model: nn.Module) -> nn.Module:
@@ -88,7 +88,8 @@ class EpisodicLearner(MetaLearner):
         return MetaUpdate(direction, _metrics(losses, accs))
 
     def meta_update_batched(self, params: Params, batch: EpisodeBatch) -> MetaUpdate:
-        """The loop: these learners always run one episode at a time (``batchable`` False)."""
+        """The loop: these learners always run one episode at a time
+        (``runs_episodes_together`` False)."""
         return self.meta_update_loop(params, batch)
 
     def _scores(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
