@@ -1,16 +1,17 @@
-"""Ray workers pinned one to a core (``simulation.pin_workers``).
+"""Ray workers pinned to cores of their own (``simulation.pin_workers``).
 
 Linux moves a busy thread between cores as other threads wake (the driver, Ray's daemons),
-and a moved learner finds its private caches cold: on a 2-core AMD EPYC, two workers left to
-the scheduler spent 5-18% more CPU time per device on the same learning than the reference
-timed alone, pinned ones 1-5% (docs/scale.md, "Seventh look"). Each worker claims as many
-cores as it has CPUs in Ray (``simulation.num_cpus``, a whole number), the first of those it
-may run on that no other pinned worker of this user on this host holds (an exclusive
-``flock`` on ``<tmp>/fedmeta-cores-<uid>/core-<n>.lock`` each, released by the kernel when
-the worker exits, however it exits), and pins all its threads to them; threads it starts
-later inherit them. With too few cores left unclaimed (more workers than cores, or another
-pinned run on the host), a worker runs unpinned, as without the setting. Nothing a device
-computes changes, only where it runs.
+and a moved learner finds its core's private caches cold. On a 2-core AMD EPYC with two
+workers, pinning them took the overhead share of a small-model round from a median of 16% to
+13% over seven interleaved pairs, within a run-to-run spread of 10-24% (docs/scale.md,
+"Seventh look"). Each worker claims as many cores as it has CPUs in Ray
+(``simulation.num_cpus``, a whole number), the first of those it may run on that no other
+pinned worker of this user on this host holds (an exclusive ``flock`` on
+``<tmp>/fedmeta-cores-<uid>/core-<n>.lock`` each, released by the kernel when the worker
+exits, however it exits), and pins all its threads to them; threads it starts later inherit
+them. With too few cores left unclaimed (more workers than cores, or another pinned run on
+the host), a worker runs unpinned, as without the setting. Nothing a device computes
+changes, only where it runs.
 """
 
 from __future__ import annotations
