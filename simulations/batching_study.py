@@ -161,7 +161,8 @@ def write_report(out: Path, entries: list[dict[str, Any]], meta: dict[str, Any],
     lines = [*report_head(doc, "Batched episodes against the loop on Omniglot "
                           "(`batched`)" + (", federated" if stem.endswith("federated") else ""),
                           meta,
-                          f"one run at a time, {meta['threads']} torch threads; load average "
+                          f"one run at a time, {meta['threads']} torch "
+                          f"thread{'s' if meta['threads'] != 1 else ''}; load average "
                           f"{meta['load'][0]} before, {meta['load'][1]} after"),
              "| learner | training episodes | seeds | test acc %: loop | batched | batched - "
              "loop, points (paired by seed) | training s: loop / batched (median) | loop / "
