@@ -97,9 +97,10 @@ NOTES = [
      "im2col + torch.bmm (MKL sgemm, 28 GFLOP/s on this AMD CPU against oneDNN's 70) ran "
      "3.5-4x slower than the grouped convolution on blocks 2-4 and no better on block 1; "
      "nine shifted baddbmm likewise; so the grouped convolution stays, on CPU and GPU. "
-     "Hence the automatic choice: batched on an accelerator or on several CPU threads "
-     "(where every loop kernel ends in an OpenMP barrier and the batched step, with T times "
-     "fewer kernels, was 1.2-2.5x faster, 5x in an earlier run), the loop on one CPU thread."),
+     "Hence the automatic choice: batched on an accelerator, the loop on the CPU (quiet "
+     "hosts ran the loop faster on two threads too; batching won there only on a host busy "
+     "with other jobs, where every loop kernel ends in an OpenMP barrier waiting for a "
+     "core; meta_throughput_notes.md)."),
     ("torch.compile is not a contender: it rejects second-order MAML (torch 2.13: "
      "'torch.compile with aot_autograd does not currently support double backward')."),
 ]

@@ -107,7 +107,7 @@ class TrainConfig:
     ``bfloat16`` runs evaluation and first-order meta-updates under bfloat16 autocast
     (``fedmeta.meta.base.MetaLearner``), ``float32`` (default) does not; ``batched``: a
     meta-batch's episodes run together (``true``), one at a time (``false``), or ``auto``
-    (default): together on a GPU or on several CPU threads (``MetaLearner.batched``)."""
+    (default): together on a GPU, one at a time on the CPU (``MetaLearner.batched``)."""
 
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"

@@ -10,8 +10,8 @@ every run; Latin, the validation alphabet, excluded), declared before the runs:
   episodes (150 meta-updates of 8);
 - seeds 0, 1, 2 (``--seeds``); for each learner and seed one run with ``batched=False``
   (the loop: fedmeta before batching) and one with ``batched=True``, from the same initial
-  model on the same episodes, at ``--threads`` torch threads (2: the CPU default batches
-  there), one run at a time (the point is their times);
+  model on the same episodes, at ``--threads`` torch threads (2: where the CPU default
+  batched until 2026-12-03), one run at a time (the point is their times);
 - each final model scored on the test episodes by the path that trained it: the accuracy
   difference is paired by seed (t-based 95% CI over seeds); the time ratio (loop / batched
   wall time of training, above 1 when batching is faster) is the median over seeds.

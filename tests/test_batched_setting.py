@@ -1,5 +1,5 @@
 """``train.batched``: how a meta-batch's episodes run (``true``: together, ``false``: one at
-a time, ``auto``: by device and thread count), taken by every entry point that builds a
+a time, ``auto``: together on an accelerator only), taken by every entry point that builds a
 learner (central training, the federated server, the ClientApp), and refused with a clear
 error by learners and models that only run one episode at a time."""
 
@@ -41,7 +41,7 @@ def test_train_batched_takes_auto_true_or_false() -> None:
 
 @pytest.mark.parametrize("setting, torch_threads, together",
                          [("false", 2, False), ("true", 1, True), ("auto", 1, False),
-                          ("auto", 2, True)])
+                          ("auto", 2, False)])  # auto: batched on accelerators only
 def test_central_training_runs_the_episodes_as_train_batched_says(
         monkeypatch: pytest.MonkeyPatch, threads: None, setting: str, torch_threads: int,
         together: bool) -> None:

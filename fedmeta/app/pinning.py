@@ -2,11 +2,11 @@
 
 Linux moves a busy thread between cores as other threads wake (the driver, Ray's daemons),
 and a moved learner finds its core's private caches cold. On a 2-core AMD EPYC with two
-workers, pinning them took the overhead share of a small-model round from a median of 16% to
-13% over seven interleaved pairs, within a run-to-run spread of 10-24% (docs/scale.md,
-"Seventh look"). Each worker claims as many cores as it has CPUs in Ray
-(``simulation.num_cpus``, a whole number), the first of those it may run on that no other
-pinned worker of this user on this host holds (an exclusive ``flock`` on
+workers, pinning them took the overhead share of a small-model round from medians of 16% and
+15% to 13% and 13% in two protocols of seven interleaved pairs each, single runs spreading
+over 8-24% (docs/scale.md, "Seventh look"). Each worker claims as many cores as it has CPUs
+in Ray (``simulation.num_cpus``, a whole number), the first of those it may run on that no
+other pinned worker of this user on this host holds (an exclusive ``flock`` on
 ``<tmp>/fedmeta-cores-<uid>/core-<n>.lock`` each, released by the kernel when the worker
 exits, however it exits), and pins all its threads to them; threads it starts later inherit
 them. With too few cores left unclaimed (more workers than cores, or another pinned run on

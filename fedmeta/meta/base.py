@@ -122,11 +122,10 @@ class MetaLearner(ABC):
     ``batched`` says how a meta-batch's episodes run: together, one set of kernels for all
     tasks (``True``; the ``*_many`` methods, on parameters with a leading task dimension, see
     ``fedmeta.models.batched``), one at a time (``False``; the reference the tests compare
-    against), or ``None`` (default): together where the episodes are on an accelerator or
-    the CPU computes on several threads, one at a time on a single CPU thread, where the
-    loop was measured faster (see ``batches``). Models that ``supports_batching`` rejects,
-    and learners that run one episode at a time (``runs_episodes_together`` False), refuse
-    ``True``.
+    against), or ``None`` (default): together where the episodes are on an accelerator, one
+    at a time on the CPU, where the loop was measured faster (see ``batches``). Models that
+    ``supports_batching`` rejects, and learners that run one episode at a time
+    (``runs_episodes_together`` False), refuse ``True``.
     """
 
     name: str = ""
@@ -162,20 +161,19 @@ class MetaLearner(ABC):
     def batches(self, batch: EpisodeBatch) -> bool:
         """Whether ``batch``'s episodes run together (see the class docstring).
 
-        By default (``batched=None``) on an accelerator, and on the CPU when torch runs more
-        than one intra-op thread (``torch.get_num_threads()``). Measured on a shared 2-core
-        AMD EPYC (torch 2.13, benchmarks/results/meta_throughput_notes.md): on one thread a
-        task's kernels (75 query images) already keep the core busy at about half of oneDNN's
-        convolution rate, so batching buys no parallelism, only T-times larger working sets,
-        and the loop is 1.1-1.6x faster; on two threads every loop kernel ends in an OpenMP
-        barrier that waits for a core other jobs hold, and the batched step, with T times
-        fewer kernels, is 1.2-2.5x faster (5x in an earlier run). On a quiet host the loop
-        won on two threads too (0.84x for batched MAML; meta_throughput_quiet.md).
+        By default (``batched=None``) on an accelerator only: on the CPU the loop was faster
+        wherever the host was not shared (torch 2.13, Conv4 5-way 1-shot, meta-batch 8,
+        benchmarks/results/meta_throughput_avx512.md, a quiet 2-core AMD EPYC with
+        AVX-512): batched second-order MAML ran at 0.62x the loop on one thread and 0.53x on
+        two, first-order 0.66x and 0.56x, evaluation 0.60x and 0.81x; a task's kernels (75
+        query images) already keep a core near oneDNN's rate, and batching only makes the
+        working sets T times larger. Batching paid on the CPU only on two threads of a host
+        busy with other jobs (1.2-2.5x; meta_throughput.md), where each of the loop's many
+        small kernels ends in an OpenMP barrier waiting for a core another job holds.
         """
         if not self.batchable or self.batched is False:
             return False
-        return (self.batched is True or batch.support_x.device.type != "cpu"
-                or torch.get_num_threads() > 1)
+        return self.batched is True or batch.support_x.device.type != "cpu"
 
     # -- what a learner defines -------------------------------------------------------------
     def init_params(self) -> Params:
