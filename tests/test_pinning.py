@@ -98,22 +98,25 @@ stop.set()
     assert affinities.strip() == str([[int(core)]] * 3)
 
 
-def test_two_ray_workers_are_pinned_to_two_cores_with_all_their_threads() -> None:
+def test_two_ray_workers_are_pinned_to_two_cores_with_all_their_threads(
+        tmp_path: Path) -> None:
+    """(Claimed in a folder of the test's own: a pinned worker of another run that is still
+    exiting cannot take a core from it.)"""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores")
     import ray
 
     @ray.remote(num_cpus=1)
     class Probe:
-        def __init__(self) -> None:
-            pinning.pin_worker(1)
+        def __init__(self, folder: Path) -> None:
+            pinning.pin_worker(1, folder)
 
         def threads(self) -> list[list[int]]:
             return [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        probes = [Probe.remote() for _ in range(2)]
+        probes = [Probe.remote(tmp_path) for _ in range(2)]
         seen = ray.get([p.threads.remote() for p in probes])
     finally:
         ray.shutdown()

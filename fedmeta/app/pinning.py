@@ -66,11 +66,12 @@ def pin_threads(cores: list[int]) -> None:
             pass
 
 
-def pin_worker(cores: int = 1) -> None:
+def pin_worker(cores: int = 1, folder: Path | None = None) -> None:
     """A Ray worker's start (``on_actor_init_fn``, with its number of CPUs): pinned to that
-    many cores of its own, if as many are free."""
+    many cores of its own, if as many are free (claimed in ``folder``, by default
+    ``claims_folder()``)."""
     if _claims:  # pinned already
         return
-    claimed = claim_cores(claims_folder(), cores)
+    claimed = claim_cores(folder or claims_folder(), cores)
     if claimed is not None:
         pin_threads(claimed)
