@@ -127,7 +127,7 @@ class TreeMemory:
         self.tree_every_s = tree_every_s
         self.actors = 0
         self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a worker, CPU s so far)
-        self.cores: dict[int, list[int]] = {}  # worker pid -> the cores it may run on
+        self.cores: dict[int, list[int]] = {}  # worker pid -> its cores, when last listed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -139,6 +139,9 @@ class TreeMemory:
             if time.monotonic() - listed >= self.tree_every_s:
                 tree, listed = {p.pid: (p, _is_actor(p)) for p in
                                 [me, *me.children(recursive=True)]}, time.monotonic()
+                for pid, (proc, is_actor) in tree.items():
+                    if is_actor and (cores := self._cores(proc)):
+                        self.cores[pid] = cores
             total, actors = 0, 0
             for proc, is_actor in tree.values():
                 try:
@@ -151,7 +154,6 @@ class TreeMemory:
                 if is_actor:
                     actors += 1
                     self.worker_peak = max(self.worker_peak, rss)
-                    self.cores[proc.pid] = self._cores(proc)
             self.driver_peak = max(self.driver_peak, me.memory_info().rss)
             self.peak, self.actors = max(self.peak, total), max(self.actors, actors)
             self._stop.wait(self.every_s)
@@ -160,7 +162,11 @@ class TreeMemory:
     def _cores(proc: psutil.Process) -> list[int]:
         """The cores ``proc``'s threads may run on, all of them together."""
         cores: set[int] = set()
-        for thread in proc.threads():
+        try:
+            threads = proc.threads()
+        except psutil.Error:  # the process ended
+            return []
+        for thread in threads:
             try:
                 cores.update(os.sched_getaffinity(thread.id))
             except OSError:  # a thread that ended

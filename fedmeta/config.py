@@ -339,23 +339,20 @@ def _sections() -> dict[str, type]:
     return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore
 
 
+OPTIONAL = {int | None: (int, "an integer"), float | None: (float, "a number"),
+            bool | None: (bool, "true, false")}  # field types that also take "auto"
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """``value`` as type ``kind`` or a ``ConfigError`` naming ``name``."""
-    if kind == bool | None:
+    if kind in OPTIONAL:  # None or "auto": the default the field's user picks
         if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
             return None
+        inner, allowed = OPTIONAL[kind]
         try:
-            return _coerce(name, value, bool)
+            return _coerce(name, value, inner)
         except ConfigError:
-            raise ConfigError(name, value, f"true, false or \"{AUTO}\"") from None
-    if kind in (int | None, float | None):
-        if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
-            return None
-        try:
-            return _coerce(name, value, int if kind == int | None else float)
-        except ConfigError:
-            raise ConfigError(name, value, f"{'an integer' if kind == int | None else 'a number'}"
-                                           f" or \"{AUTO}\"") from None
+            raise ConfigError(name, value, f"{allowed} or \"{AUTO}\"") from None
     if kind is bool:
         if isinstance(value, bool):
             return value
